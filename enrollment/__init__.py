@@ -1,0 +1,3 @@
+"""Operator tools to enroll riders from photos or a camera, update their templates, and erase
+them on request. Produces encrypted template galleries; keeps no face images.
+"""
