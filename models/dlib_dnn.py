@@ -171,13 +171,13 @@ def _read_affine(r: DlibReader, version: str) -> Layer:
     params_t = r.tensor()
     gamma_shape = r.alias_tensor()
     r.alias_tensor()
-    mode = r.int()  # 0: FC_MODE, 1: CONV_MODE
+    mode = r.int()  # 0: CONV_MODE, 1: FC_MODE
     disabled = r.bool() if version == "affine_2" else False
     flat = params_t.reshape(-1)
     n = int(np.prod(gamma_shape))
     return Layer(
         "affine",
-        {"mode": "conv" if mode == 1 else "fc", "disabled": disabled},
+        {"mode": "conv" if mode == 0 else "fc", "disabled": disabled},
         {"gamma": flat[:n].reshape(gamma_shape), "beta": flat[n : 2 * n].reshape(gamma_shape)},
     )
 
