@@ -166,7 +166,10 @@ def _read_affine(r: DlibReader, version: str) -> Layer:
         return Layer(
             "affine",
             {"mode": "conv" if version == "bn_con2" else "fc", "disabled": False},
-            {"gamma": gamma.astype(np.float32).reshape(gamma_shape), "beta": beta.astype(np.float32).reshape(gamma_shape)},
+            {
+                "gamma": gamma.astype(np.float32).reshape(gamma_shape),
+                "beta": beta.astype(np.float32).reshape(gamma_shape),
+            },
         )
     params_t = r.tensor()
     gamma_shape = r.alias_tensor()

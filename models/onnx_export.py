@@ -183,12 +183,12 @@ def build_embedder(net: Network) -> onnx.ModelProto:
     mean = np.array(net.input.params["mean_rgb"], np.float32).reshape(1, 3, 1, 1)
     x = g.op("Sub", [x, g.const("mean", mean)])
     x = g.op("Mul", [x, g.const("scale", np.array(1 / 256, np.float32))])
-    out = _emit_layers(g, x, net.layers, (3, size[0], size[1]), resnet_tag_plan(net.layers))
+    _emit_layers(g, x, net.layers, (3, size[0], size[1]), resnet_tag_plan(net.layers))
     g.nodes[-1].output[0] = "embeddings"
     g.nodes[-1].name = "embeddings"
-    del out
     inputs = [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["N", size[0], size[1], 3])]
-    outputs = [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", net.layers[-1].params["num_outputs"]])]
+    width = net.layers[-1].params["num_outputs"]
+    outputs = [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", width])]
     return _model(g, inputs, outputs, "dlib_face_embedder")
 
 
