@@ -1,0 +1,127 @@
+"""The one typed configuration object of a FaceFare process.
+
+Values come, in rising priority, from the defaults written here, a TOML file (``--config`` or
+``FACEFARE_CONFIG``), and environment variables ``FACEFARE_<SECTION>__<KEY>`` (for example
+``FACEFARE_EDGE__DETECTOR=cnn``). An invalid value stops the process at start with the key's
+dotted name in the message::
+
+    >>> from facefare.config import load_config
+    >>> cfg = load_config(None)
+    >>> cfg.edge.detector
+    'hog'
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "FACEFARE_"
+
+
+def default_data_dir() -> Path:
+    """Where a process keeps its state unless told otherwise (``$FACEFARE_HOME`` or ~/.local/share)."""
+    home = os.environ.get("FACEFARE_HOME")
+    if home:
+        return Path(home)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "facefare"
+
+
+def default_models_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facefare" / "models"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelsConfig(Section):
+    """Where converted model artefacts live and where their dlib sources come from."""
+
+    dir: Path = Field(default_factory=default_models_dir, description="Converted artefacts and manifest.json")
+    source: Path | None = Field(
+        default=None, description="Folder with dlib .dat files; default: the installed face_recognition_models"
+    )
+
+
+class EdgeConfig(Section):
+    """The bus node's face pipeline."""
+
+    detector: Literal["hog", "cnn"] = Field("hog", description="Face detector: numpy HOG or the MMOD CNN (ONNX)")
+    upsample: int = Field(0, ge=0, le=3, description="Times to upsample a frame before detection")
+    landmarks: Literal["small", "large"] = Field(
+        "small", description="5-point (small) or 68-point (large, non-commercial licence) landmarks"
+    )
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("cpu", description="onnxruntime execution provider")
+    threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Images larger than this are refused before decoding (decompression bombs)"
+    )
+
+
+class FacefareConfig(BaseSettings):
+    """Everything one process needs; each process loads exactly one of these at start."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="State of this process (ledger, keys...)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init values); no .env or secrets dir magic.
+        return (env_settings, init_settings)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in item["loc"]).upper()
+        lines.append(f"  {key} (env {env}): {item['msg']}; got {item.get('input')!r}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> FacefareConfig:
+    """Load the process configuration from ``path`` (or ``$FACEFARE_CONFIG``) plus the environment."""
+    path = path or os.environ.get(f"{ENV_PREFIX}CONFIG") or None
+    data: dict[str, Any] = {}
+    origin = "defaults and environment"
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        origin = f"{path} and environment"
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    try:
+        return FacefareConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
