@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from edge.ledger_cli import ledger
 from facefare import __version__
 from facefare.config import ConfigError, FacefareConfig, load_config
 
@@ -137,6 +138,11 @@ def faces_locate(ctx: Context, images: tuple[Path, ...], model: str | None, upsa
             click.echo(f"{path},{top},{right},{bottom},{left}")
     if failed:
         sys.exit(1)
+
+
+# -- ledger (edge/ledger_cli.py) ----------------------------------------------------------
+
+main.add_command(ledger)
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge.fares import FaresConfig
+from edge.ledger import LedgerConfig
+
 ENV_PREFIX = "FACEFARE_"
 
 
@@ -75,6 +78,8 @@ class FacefareConfig(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
+    fares: FaresConfig = Field(default_factory=FaresConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
 
     @classmethod
     def settings_customise_sources(
