@@ -82,7 +82,7 @@ def _resize_tables(in_n: int, out_n: int) -> tuple:
     pos32 = lanes.reshape(-1)[:vec]
     lo = np.empty(out_n, dtype=np.intp)
     hi = np.empty(out_n, dtype=np.intp)
-    frac32 = np.empty(out_n, dtype=np.float32)
+    frac32 = np.zeros(out_n, dtype=np.float32)
     lo[:vec] = left.reshape(-1)[:vec]
     hi[:vec] = lo[:vec] + 1
     frac32[:vec] = pos32 - lo[:vec].astype(np.float32)

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+
+# Pillow's LOAD_TRUNCATED_IMAGES is process-wide and some libraries (face_recognition among them)
+# switch it on; we switch it off around our own decoding so a truncated file is always an error.
+_TRUNCATION_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -89,7 +94,13 @@ def load_image_file(
                 raise EmptyImageError(f"{name}: image has no pixels ({width}x{height})")
             if width * height > max_pixels:
                 raise ImageTooLargeError(f"{name}: {width}x{height} is more pixels than the limit of {max_pixels}")
-            img.load()
+            with _TRUNCATION_LOCK:
+                saved = ImageFile.LOAD_TRUNCATED_IMAGES
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                try:
+                    img.load()
+                finally:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = saved
     except ImageError:
         raise
     except UnidentifiedImageError:
