@@ -38,7 +38,7 @@ class SmileConfig(BaseModel):
     window_s: float = Field(4.0, gt=0, description="Neutral must be seen at most this long before the smile")
     confirm_frames: int = Field(2, ge=1, description="Consecutive smiling frames needed")
     max_attempts: int = Field(3, ge=1, description="Smiles without a charge before 'see the driver'")
-    frozen_diff: float = Field(0.5, ge=0, description="Mean abs chip change (grey levels) below which frames are frozen")
+    frozen_diff: float = Field(0.5, ge=0, description="Mean abs chip change (grey levels) that counts as frozen")
     frozen_frames: int = Field(5, ge=2, description="Consecutive frozen frames that mark a track frozen")
 
 
