@@ -6,8 +6,9 @@ For each of obama-240p/480p/720p/1080p both pipelines go from a JPEG file to 128
 decode, detect, landmarks (5-point), align, embed. face_recognition aligns inside
 ``compute_face_descriptor``, so its align and embed are reported together. Two FaceFare rows:
 
-* ``facefare bus``: the bus setting: detection on a copy scaled to at most ``--detect-side``
-  pixels on its longer side (faces at a bus door are large), landmarks and chips at full size;
+* ``facefare bus``: the bus setting: detection on a copy scaled to ``--detect-side`` pixels on
+  its longer side (a fixed detection resolution; faces at a bus door are large), landmarks and
+  chips at full size;
 * ``facefare bus cnn``: the same with the MMOD CNN detector (ONNX) instead of HOG;
 * ``facefare same``: face_recognition's own settings (HOG, upsample once, full frame).
 
@@ -40,11 +41,11 @@ STAGES = ["decode", "detect", "landmarks", "align", "embed"]
 
 
 def _scaled(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    scale = min(1.0, max_side / max(rgb.shape[:2]))
+    scale = max_side / max(rgb.shape[:2])
     if scale == 1.0:
         return rgb, 1.0
     size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
 
 
 def ours(
