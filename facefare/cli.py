@@ -160,8 +160,14 @@ def demo(ctx: Context, out: Path) -> None:
     click.echo(f"{'photo':<26} {'who is in it':<28} {'recognised as':<20} distance")
     for r in rows:
         click.echo(f"{r.file:<26} {r.expected:<28} {r.found:<20} {r.distance:.3f}")
-    right = sum(r.found in r.expected.split("+") for r in rows)
-    click.echo(f"{right} of {len(rows)} faces named correctly; contact sheet: {out / 'contact_sheet.jpg'}")
+    listed = [r for r in rows if "unnamed" not in r.expected]
+    right = sum(r.found in r.expected.split("+") for r in listed)
+    unknown = sum(r.found == "unknown" for r in rows)
+    click.echo(
+        f"{right} of {len(listed)} faces in photos with named people recognised as someone named there; "
+        f"{unknown} face(s) left unknown; {len(rows) - len(listed)} in unnamed photos (not scored)"
+    )
+    click.echo(f"contact sheet: {out / 'contact_sheet.jpg'}, table: {out / 'summary.tsv'}")
 
 
 if __name__ == "__main__":
