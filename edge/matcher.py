@@ -23,7 +23,9 @@ class Gallery:
     """Templates in memory: ``embeddings`` (N, 128) float32 and the rider id of each row."""
 
     def __init__(self, rider_ids: list[str], embeddings: np.ndarray, names: dict[str, str] | None = None) -> None:
-        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(rider_ids), -1)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        width = embeddings.shape[-1] if embeddings.ndim == 2 else 128
+        embeddings = embeddings.reshape(len(rider_ids), width if len(rider_ids) == 0 else -1)  # empty: (0, width)
         self.rider_ids = np.asarray(rider_ids, dtype=object)
         self.embeddings = np.ascontiguousarray(embeddings)
         self.sq_norms = np.einsum("ij,ij->i", self.embeddings, self.embeddings)

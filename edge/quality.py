@@ -9,7 +9,8 @@ Checks, on the 5-point landmarks and the aligned 150x150 chip:
 * blurred: variance of the Laplacian of the grey chip below ``min_sharpness``;
 * too dark / too bright: mean grey level of the chip's central face region out of range.
 
-The 5-point model orders its points: right eye (2 corners), left eye (2 corners), nose base.
+The 5-point model orders its points: the eye on the image's right (2 corners), the eye on the
+image's left (2 corners), nose base (measured on the fixtures: points 0-1 have the larger x).
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ class Quality:
 def pose(landmarks5: np.ndarray) -> tuple[float, float, float]:
     """(eye distance in px, yaw ratio, pitch ratio) from 5-point landmarks."""
     pts = np.asarray(landmarks5, dtype=np.float64)
-    right_eye, left_eye, nose = pts[0:2].mean(axis=0), pts[2:4].mean(axis=0), pts[4]
+    # Points 0-1 are the eye on the image's right, 2-3 the eye on the image's left: the axis runs
+    # image-left -> image-right, so that for an upright face the nose lies at positive pitch.
+    image_right_eye, image_left_eye, nose = pts[0:2].mean(axis=0), pts[2:4].mean(axis=0), pts[4]
+    right_eye, left_eye = image_left_eye, image_right_eye
     axis = left_eye - right_eye
     dist = float(np.hypot(*axis))
     if dist < 1e-6:

@@ -10,7 +10,9 @@ Smile measures (``SmileMeter``), chosen by config:
 
 * ``haar`` (default): OpenCV's Haar smile cascade (shipped in opencv-python's ``cv2.data``) run on
   the mouth region of the aligned chip, which the 5-point landmarks fix in place. The score is
-  the number of raw cascade hits; needs no 68-point model.
+  the number of raw cascade hits; needs no 68-point model. Measured on the fixtures
+  (docs/thresholds.md) it responds to an open mouth (talking, singing, grinning) rather than to a
+  smile as such: it tells a still face from a changing one, but is no proof of consent.
 * ``mouth68``: mouth width over eye-corner distance from the 68-point landmarks. The 68-point
   model's training data licence excludes commercial use (see the model manifest).
 """
@@ -33,8 +35,8 @@ class SmileConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     meter: Literal["haar", "mouth68"] = Field("haar", description="Smile measure (mouth68 needs the 68-point model)")
-    neutral_max: float = Field(2.0, description="Score at or below which a face counts as neutral")
-    smile_min: float = Field(8.0, description="Score at or above which a face counts as smiling")
+    neutral_max: float = Field(10.0, description="Score at or below which a face is neutral (docs/thresholds.md)")
+    smile_min: float = Field(100.0, description="Score at or above which a face is smiling (docs/thresholds.md)")
     window_s: float = Field(4.0, gt=0, description="Neutral must be seen at most this long before the smile")
     confirm_frames: int = Field(2, ge=1, description="Consecutive smiling frames needed")
     max_attempts: int = Field(3, ge=1, description="Smiles without a charge before 'see the driver'")
