@@ -111,3 +111,90 @@ def _write_sheet(thumbs: list[np.ndarray], path: Path, per_row: int = 5) -> None
         padded.append(blank)
     rows = [np.hstack(padded[i : i + per_row]) for i in range(0, len(padded), per_row)]
     cv2.imwrite(str(path), np.vstack(rows))
+
+
+# -- the demo bus on the shipped clip --------------------------------------------------------
+
+CLIP = FIXTURES / "short_hamilton_clip.mp4"
+BUS_RIDERS = {**ENROLL}
+
+
+def _enroll_gallery(engine, folder: Path):
+    from edge.matcher import Gallery
+
+    ids, codes = [], []
+    for rider, file in BUS_RIDERS.items():
+        img = faces.load_image_file(folder / file)
+        found = engine.detect(img, 1, "hog")
+        if len(found) != 1:
+            raise RuntimeError(f"enrollment photo {file} must show exactly one face, found {len(found)}")
+        codes.append(engine.embed(engine.chips(img, engine.landmarks(img, [found[0].rect], "small")))[0])
+        ids.append(rider)
+    return Gallery(ids, np.stack(codes))
+
+
+def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> dict:
+    """Enroll the fixture riders, play ``clip`` through the bus pipeline into a fresh ledger.
+
+    Writes ``demo_bus.mp4`` (boxes, track ids, smile score, decisions), ``decisions.jpg``
+    (the frame of each decision) and ``decisions.tsv``; returns a summary dict.
+    """
+    from edge.face_engine import FaceEngine
+    from edge.fares import FaresConfig
+    from edge.ledger import Ledger
+    from edge.pipeline import BusPipeline
+    from hardware.cameras import VideoFileSource
+
+    engine = FaceEngine.from_config(cfg)
+    engine.verify_all()
+    gallery = _enroll_gallery(engine, folder)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_path = out / "ledger.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(ledger_path) + suffix).unlink(missing_ok=True)
+    rules = cfg.fares if cfg.fares.routes else FaresConfig(routes={cfg.pipeline.route_id: 250})
+    ledger = Ledger(ledger_path, rules, bus_id="demo-bus")
+    pipe = BusPipeline(engine, gallery, ledger, cfg.pipeline, quality=cfg.quality, smile=cfg.smile,
+                       feedback=lambda fb: log.info("door: track %s: %s", fb.track_id, fb.message))
+    writer = None
+    shots = []
+    labels: dict[int, str] = {}
+    for frame in VideoFileSource(clip):
+        decisions = pipe.process(frame.image, frame.ts, frame.index)
+        if frame.image is None:
+            continue
+        bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+        for d in decisions:
+            labels[d.track_id] = f"{d.action}: {d.rider_id or d.reason}"
+        for track in pipe.tracker.tracks.values():
+            if track.missed:
+                continue
+            st = pipe.states.get(track.id)
+            score = st.smile.scores[-1] if st and st.smile.scores else None
+            text = labels.get(track.id) or (f"#{track.id} smile {score:.0f}" if score is not None else f"#{track.id}")
+            colour = (0, 200, 0) if text.startswith("charge") else (0, 0, 230) if ":" in text else (230, 180, 0)
+            r = track.rect
+            cv2.rectangle(bgr, (r.left, r.top), (r.right, r.bottom), colour, 2)
+            cv2.putText(bgr, text, (r.left, max(14, r.top - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+        cv2.putText(bgr, f"frame {frame.index}", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        if writer is None:
+            h, w = bgr.shape[:2]
+            writer = cv2.VideoWriter(str(out / "demo_bus.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, (w, h))
+        writer.write(bgr)
+        if decisions:
+            shots.append(bgr.copy())
+    if writer is not None:
+        writer.release()
+    if shots:
+        _write_sheet([cv2.resize(s, (s.shape[1] // 2, s.shape[0] // 2)) for s in shots], out / "decisions.jpg", 3)
+    with open(out / "decisions.tsv", "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["frame", "track", "action", "rider", "reason", "distance", "margin", "message"])
+        for d in pipe.decisions:
+            w.writerow([d.frame_index, d.track_id, d.action, d.rider_id or "", d.reason,
+                        "" if d.distance is None else f"{d.distance:.3f}",
+                        "" if d.margin is None else f"{d.margin:.3f}", d.message])
+    fares = ledger.db.execute("SELECT rider_id, amount_minor, currency FROM fares").fetchall()
+    ledger.close()
+    return {"decisions": pipe.decisions, "fares": fares, "frames": pipe.processed_frames,
+            "skipped": pipe.skipped_frames, "out": out}

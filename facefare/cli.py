@@ -150,24 +150,39 @@ main.add_command(ledger)
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/demo"),
-              show_default=True, help="Where to write the contact sheet and summary.")
+              show_default=True, help="Where to write the annotated video, contact sheets and tables.")
+@click.option("--photos/--no-photos", default=True, show_default=True, help="Also identify the shipped photos.")
 @pass_ctx
-def demo(ctx: Context, out: Path) -> None:
-    """Recognise the shipped photos: enroll one photo per person, identify the rest."""
-    from edge.demo import run_photo_demo
+def demo(ctx: Context, out: Path, photos: bool) -> None:
+    """The demo bus: enroll the shipped photos' riders, play the shipped clip through the bus
+    pipeline, charge fares into a fresh local ledger, and write what a person can look at."""
+    from edge.demo import run_bus_demo, run_photo_demo
 
-    rows = run_photo_demo(ctx.cfg, out)
-    click.echo(f"{'photo':<26} {'who is in it':<28} {'recognised as':<20} distance")
-    for r in rows:
-        click.echo(f"{r.file:<26} {r.expected:<28} {r.found:<20} {r.distance:.3f}")
-    listed = [r for r in rows if "unnamed" not in r.expected]
-    right = sum(r.found in r.expected.split("+") for r in listed)
-    unknown = sum(r.found == "unknown" for r in rows)
-    click.echo(
-        f"{right} of {len(listed)} faces in photos with named people recognised as someone named there; "
-        f"{unknown} face(s) left unknown; {len(rows) - len(listed)} in unnamed photos (not scored)"
-    )
-    click.echo(f"contact sheet: {out / 'contact_sheet.jpg'}, table: {out / 'summary.tsv'}")
+    if photos:
+        rows = run_photo_demo(ctx.cfg, out)
+        click.echo(f"{'photo':<26} {'who is in it':<28} {'recognised as':<20} distance")
+        for r in rows:
+            click.echo(f"{r.file:<26} {r.expected:<28} {r.found:<20} {r.distance:.3f}")
+        listed = [r for r in rows if "unnamed" not in r.expected]
+        right = sum(r.found in r.expected.split("+") for r in listed)
+        unknown = sum(r.found == "unknown" for r in rows)
+        click.echo(
+            f"{right} of {len(listed)} faces in photos with named people recognised as someone named there; "
+            f"{unknown} face(s) left unknown; {len(rows) - len(listed)} in unnamed photos (not scored)\n"
+        )
+    result = run_bus_demo(ctx.cfg, out)
+    click.echo(f"demo bus: {result['frames']} frames of the clip, {result['skipped']} skipped")
+    click.echo(f"{'frame':>6} {'track':>6}  {'decision':<11} {'rider':<20} {'reason':<10} {'distance':>8} "
+               f"{'margin':>7}")
+    for d in result["decisions"]:
+        dist = "" if d.distance is None else f"{d.distance:.3f}"
+        margin = "" if d.margin is None else f"{d.margin:.3f}"
+        click.echo(f"{d.frame_index:>6} {d.track_id:>6}  {d.action:<11} {d.rider_id or '-':<20} {d.reason:<10} "
+                   f"{dist:>8} {margin:>7}")
+    for rider, amount, currency in result["fares"]:
+        click.echo(f"charged {rider}: {amount} {currency} minor units")
+    click.echo(f"annotated video: {out / 'demo_bus.mp4'}; decision frames: {out / 'decisions.jpg'}; "
+               f"ledger: {out / 'ledger.db'}")
 
 
 if __name__ == "__main__":

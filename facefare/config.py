@@ -23,6 +23,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edge.fares import FaresConfig
 from edge.ledger import LedgerConfig
+from edge.pipeline import PipelineConfig
+from edge.quality import QualityConfig
+from edge.smile import SmileConfig
 
 ENV_PREFIX = "FACEFARE_"
 
@@ -80,6 +83,9 @@ class FacefareConfig(BaseSettings):
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
     fares: FaresConfig = Field(default_factory=FaresConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    smile: SmileConfig = Field(default_factory=SmileConfig)
 
     @classmethod
     def settings_customise_sources(
