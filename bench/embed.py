@@ -28,24 +28,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from edge.face_engine import FaceEngine  # noqa: E402
-from edge.geometry import Rect  # noqa: E402
 from edge.images import load_image_file  # noqa: E402
+from edge.pipeline import resize_for_detection, scale_rect  # noqa: E402
 
 IMAGES = ["obama-240p.jpg", "obama-480p.jpg", "obama-720p.jpg", "obama-1080p.jpg"]
 STAGES = ["decode", "detect", "landmarks", "align", "embed"]
-
-
-def _scaled(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    scale = max_side / max(rgb.shape[:2])
-    if scale == 1.0:
-        return rgb, 1.0
-    size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
 
 
 def ours(
@@ -55,10 +46,8 @@ def ours(
     t0 = time.perf_counter()
     img = load_image_file(path)
     t1 = time.perf_counter()
-    small, scale = _scaled(img, detect_side) if detect_side else (img, 1.0)
-    rects = [d.rect for d in engine.detect(small, upsample, detector)]
-    if scale != 1.0:
-        rects = [Rect(*(round(v / scale) for v in (r.left, r.top, r.right, r.bottom))) for r in rects]
+    small, scale = resize_for_detection(img, detect_side) if detect_side else (img, 1.0)
+    rects = [scale_rect(d.rect, scale) for d in engine.detect(small, upsample, detector)]
     t2 = time.perf_counter()
     marks = engine.landmarks(img, rects, "small")
     t3 = time.perf_counter()

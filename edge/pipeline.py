@@ -123,6 +123,20 @@ def scale_rect(r: Rect, factor: float) -> Rect:
     return Rect(*(int(round(v / factor)) for v in (r.left, r.top, r.right, r.bottom)))
 
 
+def resize_for_detection(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """``rgb`` scaled (down or up) so its longer side is ``side`` px, and the scale factor.
+
+    Detecting at one fixed resolution keeps the detector's cost constant whatever the camera,
+    and lets a low-resolution camera's faces reach the detector's 80 px window.
+    """
+    h, w = rgb.shape[:2]
+    factor = side / max(h, w)
+    if factor == 1.0:
+        return np.ascontiguousarray(rgb), 1.0
+    interp = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=interp), factor
+
+
 class BusPipeline:
     def __init__(
         self,
@@ -193,12 +207,8 @@ class BusPipeline:
     # -- stages ----------------------------------------------------------------------------
 
     def _detect(self, rgb: np.ndarray) -> list[Rect]:
-        h, w = rgb.shape[:2]
-        factor = min(1.0, self.cfg.detect_side / max(h, w))
-        small = rgb
-        if factor < 1.0:
-            small = cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA)
-        dets = self.engine.detect(np.ascontiguousarray(small), self.cfg.upsample, "hog")
+        small, factor = resize_for_detection(rgb, self.cfg.detect_side)
+        dets = self.engine.detect(small, self.cfg.upsample, "hog")
         return [scale_rect(d.rect, factor) for d in dets]
 
     def _door_face(self, seen: list, shape: tuple[int, ...]):
