@@ -35,7 +35,7 @@ def run_ours(models: str | None) -> dict:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from edge.demo import FIXTURES, _enroll_gallery
+    from edge.demo import enroll_gallery
     from edge.face_engine import FaceEngine
     from edge.fares import FaresConfig
     from edge.ledger import Ledger
@@ -46,7 +46,7 @@ def run_ours(models: str | None) -> dict:
     cfg = load_config(None)
     engine = FaceEngine(models or cfg.models.dir, "cpu", 2)
     engine.verify_all()
-    gallery = _enroll_gallery(engine, FIXTURES)
+    gallery = enroll_gallery(engine)
     ledger = Ledger(":memory:", FaresConfig(routes={"1": 250}), bus_id="bench")
     pipe = BusPipeline(engine, gallery, ledger)
     pipe.process(next(iter(VideoFileSource(CLIP))).image, -10.0, -1)  # warm-up

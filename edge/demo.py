@@ -60,14 +60,7 @@ def run_photo_demo(cfg, out: Path, folder: Path = FIXTURES) -> list[Row]:
     faces.use_models(cfg.models.dir, cfg.edge.providers, cfg.edge.threads)
     faces.engine().verify_all()
     identities = read_manifest(folder)
-    names, known = [], []
-    for name, file in ENROLL.items():
-        img = faces.load_image_file(folder / file)
-        locs = faces.face_locations(img, 1, cfg.edge.detector)
-        if len(locs) != 1:
-            raise RuntimeError(f"enrollment photo {file} must show exactly one face, found {len(locs)}")
-        known.append(faces.face_encodings(img, locs)[0])
-        names.append(name)
+    gallery = enroll_gallery(faces.engine(), folder, cfg.edge.detector)
     rows: list[Row] = []
     thumbs = []
     for file in sorted(identities):
@@ -81,11 +74,10 @@ def run_photo_demo(cfg, out: Path, folder: Path = FIXTURES) -> list[Row]:
         locs = faces.face_locations(img, 1, cfg.edge.detector)
         found = []
         for code in faces.face_encodings(img, locs):
-            dist = faces.face_distance(known, code)
-            best = int(np.argmin(dist))
-            who = names[best] if dist[best] <= THRESHOLD else "unknown"
+            match = gallery.match(code)
+            who = match.rider_id if match.distance <= THRESHOLD else "unknown"
             found.append(who)
-            rows.append(Row(file, identities[file], who, float(dist[best])))
+            rows.append(Row(file, identities[file], who, match.distance))
         if not locs:
             rows.append(Row(file, identities[file], "no face", float("nan")))
         thumbs.append(_thumb(img, locs, found))
@@ -116,16 +108,16 @@ def _write_sheet(thumbs: list[np.ndarray], path: Path, per_row: int = 5) -> None
 # -- the demo bus on the shipped clip --------------------------------------------------------
 
 CLIP = FIXTURES / "short_hamilton_clip.mp4"
-BUS_RIDERS = {**ENROLL}
 
 
-def _enroll_gallery(engine, folder: Path):
+def enroll_gallery(engine, folder: Path = FIXTURES, detector: str = "hog"):
+    """A Gallery with one template per rider of ``ENROLL``, from their photo in ``folder``."""
     from edge.matcher import Gallery
 
     ids, codes = [], []
-    for rider, file in BUS_RIDERS.items():
+    for rider, file in ENROLL.items():
         img = faces.load_image_file(folder / file)
-        found = engine.detect(img, 1, "hog")
+        found = engine.detect(img, 1, detector)
         if len(found) != 1:
             raise RuntimeError(f"enrollment photo {file} must show exactly one face, found {len(found)}")
         codes.append(engine.embed(engine.chips(img, engine.landmarks(img, [found[0].rect], "small")))[0])
@@ -147,7 +139,7 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
 
     engine = FaceEngine.from_config(cfg)
     engine.verify_all()
-    gallery = _enroll_gallery(engine, folder)
+    gallery = enroll_gallery(engine, folder, cfg.edge.detector)
     out.mkdir(parents=True, exist_ok=True)
     ledger_path = out / "ledger.db"
     for suffix in ("", "-wal", "-shm"):

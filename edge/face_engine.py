@@ -7,6 +7,7 @@ at start so that it refuses to run on a missing or altered artefact.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -58,8 +59,6 @@ class FaceEngine:
 
     @cached_property
     def mmod(self) -> MmodDetector:
-        import json
-
         params = json.loads(self._path("mmod_detector.json").read_text())
         return MmodDetector(self._path("mmod_detector.onnx"), params, session=self._session("mmod_detector.onnx"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from edge.demo import BUS_RIDERS
+from edge.demo import ENROLL
 from facefare.cli import main
 
 
@@ -21,6 +21,6 @@ def test_demo_bus(models_dir: Path, tmp_path: Path, monkeypatch) -> None:
         assert (out / name).stat().st_size > 0, name
     riders = [r[0] for r in sqlite3.connect(out / "ledger.db").execute("SELECT rider_id FROM fares")]
     assert riders, "the clip should produce a charge for the enrolled rider"
-    assert set(riders) <= set(BUS_RIDERS)
+    assert set(riders) <= set(ENROLL)
     assert len(riders) == len(set(riders)), "one boarding, one charge"
     assert "charge" in result.output and "lin_manuel_miranda" in result.output
