@@ -17,7 +17,7 @@ fi
 stamp=.venv/.facefare-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[reference,dev]'
+    .venv/bin/python -m pip install -q -e '.[reference,cloud,dev]'
     # face_recognition is only the reference the parity tests and benchmarks compare against.
     # --no-deps: its 'dlib' requirement would compile dlib; the dlib-bin wheel provides the module.
     .venv/bin/python -m pip install -q --no-deps 'face_recognition>=1.3'

@@ -1,0 +1,360 @@
+"""The FaceFare MQTT protocol, version 1: topics, payload schemas, signatures, limits.
+
+``docs/protocol.md`` is the prose description; this module is the one implementation both sides
+use. Every message is a JSON *envelope*::
+
+    {"v": 1, "type": "fares", "sender": "bus-7", "msg_id": "<uuid4>", "sent_ms": 1764000000000,
+     "body": {...}, "sig": "<base64 Ed25519 signature>"}
+
+signed by its sender (a bus with its own key, the cloud with the cloud key) over the canonical
+JSON of everything but ``sig``. :func:`parse` checks, in this order, size, JSON, schema and
+version, that the topic belongs to the sender, the signature against the sender's registered
+key, and the freshness of ``sent_ms``; every refusal is a :class:`ProtocolError` whose ``reason``
+is one of :data:`REJECT_REASONS` so receivers can count them. Replays of whole messages are
+caught by :class:`ReplayGuard`; replays of fares by the fare id (the cloud ledger's job).
+
+    >>> key = generate_key()
+    >>> data = encode(Envelope.make("heartbeat", "bus-7", Heartbeat(outbox_backlog=0)), key)
+    >>> msg = parse(topic_for("heartbeat", "bus-7"), data, {"bus-7": key.public_key()}.get)
+    >>> msg.type, msg.sender, msg.body.outbox_backlog
+    ('heartbeat', 'bus-7', 0)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
+
+VERSION = 1
+PREFIX = f"facefare/v{VERSION}"
+#: Largest payload either side accepts, in bytes (before JSON parsing).
+MAX_PAYLOAD_BYTES = 256 * 1024
+#: Most fares in one ``fares`` message.
+MAX_FARES_PER_MESSAGE = 200
+#: ``sent_ms`` further than this from the receiver's clock is refused as stale (or from the future).
+DEFAULT_WINDOW_MS = 15 * 60 * 1000
+
+#: Why a message was refused; receivers count refusals under these names.
+REJECT_REASONS = (
+    "oversize", "malformed", "schema", "version", "topic", "unknown_sender", "signature", "stale", "replay",
+)  # fmt: skip
+
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Text = Annotated[str, StringConstraints(max_length=200)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+FareId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Minor = Annotated[StrictInt, Field(ge=0, le=10**9)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+
+class Fare(Strict):
+    """One recorded boarding, exactly the bus ledger's fare row (money in integer minor units)."""
+
+    fare_id: FareId
+    bus_id: Id
+    trip_id: Text
+    route_id: Text
+    rider_id: Id
+    concession: Text
+    boarded_at: Text
+    boarded_ms: Annotated[StrictInt, Field(ge=0)]
+    service_day: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    amount_minor: Minor
+    base_minor: Minor
+    currency: Currency
+    reason: Text
+    rules_digest: Text
+    recorded_at: Text
+
+    def day(self) -> date:
+        return date.fromisoformat(self.service_day)
+
+
+class Fares(Strict):
+    """bus -> cloud: fares from the outbox, oldest first."""
+
+    fares: Annotated[list[Fare], Field(min_length=1, max_length=MAX_FARES_PER_MESSAGE)]
+
+
+class Health(Strict):
+    ok: StrictBool
+    detail: Text = ""
+
+
+class Heartbeat(Strict):
+    """bus -> cloud (retained): the bus is alive; its backlog, gallery and device health."""
+
+    online: StrictBool = True
+    outbox_backlog: Annotated[StrictInt, Field(ge=0)]
+    oldest_unsent_ms: Annotated[StrictInt, Field(ge=0)] | None = None
+    gallery_version: Annotated[StrictInt, Field(ge=0)] = 0
+    pending_erasures: Annotated[StrictInt, Field(ge=0)] = 0
+    camera: Health = Health(ok=True)
+    disk: Health = Health(ok=True)
+    disk_free_bytes: Annotated[StrictInt, Field(ge=0)] | None = None
+    route_id: Text = ""
+
+
+class Offline(Strict):
+    """bus -> cloud, as the bus's MQTT last will: the broker lost the bus."""
+
+    online: Literal[False] = False
+
+
+class DecisionEvent(Strict):
+    """bus -> cloud: what the door decided for one rider (never a face image)."""
+
+    at_ms: Annotated[StrictInt, Field(ge=0)]
+    action: Literal["charge", "refuse", "see_driver"]
+    reason: Text
+    rider_id: Id | None = None
+    fare_id: FareId | None = None
+    amount_minor: Minor = 0
+    currency: Currency | None = None
+
+
+class Rejected(Strict):
+    fare_id: FareId
+    reason: Text
+
+
+class Ack(Strict):
+    """cloud -> bus: these fares are in the cloud ledger; the bus may empty their outbox rows.
+
+    ``rejected`` fares were refused for good (they stay in the bus ledger for the operator)."""
+
+    fare_ids: Annotated[list[FareId], Field(max_length=MAX_FARES_PER_MESSAGE)]
+    rejected: Annotated[list[Rejected], Field(max_length=MAX_FARES_PER_MESSAGE)] = []
+
+
+class GalleryDelta(Strict):
+    """cloud -> bus: a versioned change to the bus gallery, encrypted for that bus alone.
+
+    ``ciphertext`` is base64 AES-GCM of the JSON operations; applying it moves the bus from
+    ``base_version`` to ``version`` (see ``enrollment``)."""
+
+    base_version: Annotated[StrictInt, Field(ge=0)]
+    version: Annotated[StrictInt, Field(ge=1)]
+    model_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    nonce: Annotated[str, StringConstraints(max_length=32)]
+    ciphertext: Annotated[str, StringConstraints(max_length=MAX_PAYLOAD_BYTES)]
+
+
+class GalleryAck(Strict):
+    """bus -> cloud: the bus now holds this gallery version (erasures in it are applied)."""
+
+    version: Annotated[StrictInt, Field(ge=0)]
+    erased: Annotated[list[Id], Field(max_length=10_000)] = []
+
+
+Body = Fares | Heartbeat | Offline | DecisionEvent | Ack | GalleryDelta | GalleryAck
+MessageType = Literal["fares", "heartbeat", "offline", "decision", "ack", "gallery", "gallery_ack"]
+
+#: type -> (body schema, who sends it, topic template). ``{id}`` is the bus id.
+SCHEMAS: dict[str, tuple[type[Strict], Literal["bus", "cloud"], str]] = {
+    "fares": (Fares, "bus", PREFIX + "/bus/{id}/fares"),
+    "heartbeat": (Heartbeat, "bus", PREFIX + "/bus/{id}/status"),
+    "offline": (Offline, "bus", PREFIX + "/bus/{id}/status"),
+    "decision": (DecisionEvent, "bus", PREFIX + "/bus/{id}/decisions"),
+    "gallery_ack": (GalleryAck, "bus", PREFIX + "/bus/{id}/gallery_ack"),
+    "ack": (Ack, "cloud", PREFIX + "/cloud/{id}/acks"),
+    "gallery": (GalleryDelta, "cloud", PREFIX + "/cloud/{id}/gallery"),
+}
+#: The name the cloud signs with.
+CLOUD = "cloud"
+
+
+def topic_for(msg_type: str, bus_id: str) -> str:
+    """The topic a message of ``msg_type`` about ``bus_id`` travels on."""
+    return SCHEMAS[msg_type][2].format(id=bus_id)
+
+
+def bus_of_topic(topic: str) -> str | None:
+    """The bus id a topic belongs to (``facefare/v1/bus/<id>/...`` or ``.../cloud/<id>/...``)."""
+    parts = topic.split("/")
+    if len(parts) == 5 and "/".join(parts[:2]) == PREFIX and parts[2] in ("bus", "cloud"):
+        return parts[3]
+    return None
+
+
+class Envelope(Strict):
+    """A signed message; ``body`` is validated against the schema its ``type`` names."""
+
+    v: StrictInt
+    type: MessageType
+    sender: Id
+    msg_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    sent_ms: Annotated[StrictInt, Field(ge=0)]
+    body: Any
+    sig: str = ""
+
+    @classmethod
+    def make(cls, msg_type: str, sender: str, body: Strict, *, sent_ms: int | None = None) -> Envelope:
+        return cls(
+            v=VERSION,
+            type=msg_type,  # type: ignore[arg-type]
+            sender=sender,
+            msg_id=uuid.uuid4().hex,
+            sent_ms=now_ms() if sent_ms is None else sent_ms,
+            body=body,
+        )
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes the signature covers: sorted-key compact JSON without ``sig``."""
+        data = self.model_dump(mode="json", exclude={"sig"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class ProtocolError(ValueError):
+    """A message was refused; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REJECT_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode(envelope: Envelope, key: Ed25519PrivateKey) -> bytes:
+    """Sign ``envelope`` with ``key`` and return the payload to publish."""
+    sig = base64.b64encode(key.sign(envelope.signed_bytes())).decode()
+    data = envelope.model_dump(mode="json")
+    data["sig"] = sig
+    out = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(out) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("oversize", f"{len(out)} bytes > {MAX_PAYLOAD_BYTES}")
+    return out
+
+
+KeyLookup = Callable[[str], Ed25519PublicKey | None]
+
+
+def parse(
+    topic: str,
+    payload: bytes,
+    lookup_key: KeyLookup,
+    *,
+    now: int | None = None,
+    window_ms: int = DEFAULT_WINDOW_MS,
+    check_time: bool = True,
+) -> Envelope:
+    """Validate a received payload completely, or raise :class:`ProtocolError`.
+
+    ``lookup_key(sender)`` returns the sender's registered public key (None: unknown sender).
+    The returned envelope's ``body`` is the typed body model. ``check_time=False`` skips the
+    freshness check (used only for a last will, which the broker sends long after it was signed).
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("malformed", f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("malformed", "not a JSON object")
+    if raw.get("v") != VERSION:
+        raise ProtocolError("version", f"version {raw.get('v')!r}, this side speaks {VERSION}")
+    try:
+        env = Envelope.model_validate(raw)
+        schema, side, template = SCHEMAS[env.type]
+        body = schema.model_validate(env.body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError("schema", f"{where}: {first['msg']}") from None
+    expected = template.format(id=env.sender if side == "bus" else bus_of_topic(topic))
+    if topic != expected or (side == "cloud" and env.sender != CLOUD):
+        raise ProtocolError("topic", f"{env.type} from {env.sender!r} may not travel on {topic!r}")
+    if isinstance(body, Fares) and any(f.bus_id != env.sender for f in body.fares):
+        raise ProtocolError("topic", f"bus {env.sender!r} sent a fare of another bus")
+    key = lookup_key(env.sender)
+    if key is None:
+        raise ProtocolError("unknown_sender", f"no key registered for {env.sender!r}")
+    try:
+        key.verify(base64.b64decode(env.sig, validate=True), env.signed_bytes())
+    except (InvalidSignature, ValueError):
+        raise ProtocolError("signature", f"{env.type} {env.msg_id} is not signed by {env.sender!r}") from None
+    if check_time:
+        now = now_ms() if now is None else now
+        if abs(now - env.sent_ms) > window_ms:
+            raise ProtocolError("stale", f"sent {(now - env.sent_ms) / 1000:.0f} s from now, window {window_ms} ms")
+    return env.model_copy(update={"body": body})
+
+
+class ReplayGuard:
+    """Remembers message ids seen within the freshness window; a second sighting is a replay.
+
+    Together with the freshness check of :func:`parse` this refuses any captured message sent
+    again: inside the window by its id, outside it by its age. Memory is bounded by ``max_ids``.
+    """
+
+    def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, max_ids: int = 1_000_000) -> None:
+        self.window_ms = window_ms
+        self.max_ids = max_ids
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def check(self, env: Envelope, now: int | None = None) -> None:
+        now = now_ms() if now is None else now
+        while self._seen and (
+            len(self._seen) >= self.max_ids or next(iter(self._seen.values())) < now - 2 * self.window_ms
+        ):
+            self._seen.popitem(last=False)
+        key = f"{env.sender}/{env.msg_id}"
+        if key in self._seen:
+            raise ProtocolError("replay", f"message {env.msg_id} from {env.sender!r} was already received")
+        self._seen[key] = now
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def generate_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Write ``key`` as PEM, readable by its owner only."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_bytes(pem)
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    """The public key as one line of base64 (raw 32 bytes), for registries and config files."""
+    return base64.b64encode(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+
+def public_key_from_text(text: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(text.strip(), validate=True))
