@@ -324,11 +324,14 @@ class Ledger:
         if readonly:
             if memory or not Path(self.path).exists():
                 raise LedgerError(f"no ledger at {self.path}")
-            conn = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+            conn = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
         else:
             if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions only
+            # Explicit transactions only. A Ledger may be created in one thread and used in another
+            # (edge.node's ledger thread) but by one thread at a time: give each thread its own Ledger.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db = Database(conn)
         self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if not readonly:

@@ -1,0 +1,104 @@
+"""edge.node: capture, pipeline and ledger on their own threads; none waits for another."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from edge.fares import FaresConfig
+from edge.ledger import Ledger
+from edge.matcher import Gallery
+from edge.node import BusNode
+from edge.pipeline import BusPipeline, Feedback
+from hardware.cameras import Frame, VideoFileSource
+from tests.test_pipeline import CLIP, ENROLL, face_engine, make_gallery, templates  # noqa: F401 (fixtures)
+
+AT = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+
+
+class SlowLedger(Ledger):
+    """A real ledger on a disk that takes ``delay`` seconds per charge (an SD card under load)."""
+
+    delay = 1.5
+
+    def charge(self, *args, **kwargs):  # type: ignore[override]
+        self.charging = time.monotonic()
+        time.sleep(self.delay)
+        return super().charge(*args, **kwargs)
+
+
+def test_node_charges_the_clip_rider_on_the_ledger_thread(face_engine, templates, faces_dir, tmp_path):  # noqa: F811
+    ledger = Ledger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
+    fed: list[Feedback] = []
+    pipe = BusPipeline(face_engine, make_gallery(templates, list(ENROLL)), None)
+    node = BusNode(pipe, ledger, feedback=fed.append, drop_frames=False, clock=lambda: AT)
+    source = (f for f in VideoFileSource(faces_dir / CLIP) if f.index >= 115)
+    stats = node.run(source)
+    assert stats.dropped_frames == 0 and stats.frames == 275 - 115
+    charged = [d for d in stats.decisions if d.action == "charge"]
+    assert [d.rider_id for d in charged] == ["lin"]
+    assert charged[0].fare is not None and charged[0].fare.amount_minor == 250
+    assert "2.50" in charged[0].message  # the door shows the fare, not just "matched"
+    assert [r[0] for r in ledger.db.execute("SELECT rider_id FROM fares")] == ["lin"]
+    assert any(fb.decision is charged[0] for fb in fed)
+    assert len(stats.decision_ms) == len(stats.decisions) and len(stats.charge_ms) == 1
+
+
+def test_a_slow_ledger_does_not_stop_the_frame_loop(face_engine, templates, faces_dir, tmp_path):  # noqa: F811
+    ledger = SlowLedger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
+    pipe = BusPipeline(face_engine, make_gallery(templates, ["lin"]), None)
+    node = BusNode(pipe, ledger, drop_frames=False, clock=lambda: AT)
+    processed_at: list[float] = []
+    original = pipe.process
+
+    def timed(*args):
+        out = original(*args)
+        processed_at.append(time.monotonic())
+        return out
+
+    pipe.process = timed  # type: ignore[method-assign]
+    frames = list(itertools.islice((f for f in VideoFileSource(faces_dir / CLIP) if f.index >= 115), 120))
+    stats = node.run(frames)
+    assert [d.rider_id for d in stats.decisions if d.action == "charge"] == ["lin"]
+    during = [t for t in processed_at if ledger.charging < t < ledger.charging + SlowLedger.delay]
+    assert len(during) >= 5, "frames must keep flowing while the ledger writes"
+
+
+def test_live_camera_drops_the_oldest_frames_not_the_newest():
+    gate = threading.Event()
+
+    class Blocked:
+        """A pipeline stand-in that is stuck until the camera has produced every frame."""
+
+        ledger = None
+        cfg = None
+        feedback = None
+        seen: list[int] = []
+
+        def process(self, image, ts, index):
+            gate.wait(5)
+            self.seen.append(index)
+            return []
+
+    frames = [Frame(i, i / 30, np.zeros((4, 4, 3), np.uint8)) for i in range(50)]
+
+    def camera():
+        yield from frames
+        gate.set()
+
+    pipe = Blocked()
+    stats = BusNode(pipe, None, queue_size=2, drop_frames=True).run(camera())  # type: ignore[arg-type]
+    assert stats.dropped_frames >= 45
+    assert pipe.seen[-1] == 49  # the freshest frame is always processed
+
+
+def test_node_refuses_a_pipeline_that_charges_itself(face_engine):  # noqa: F811
+    pipe = BusPipeline(face_engine, Gallery([], np.zeros((0, 128), np.float32)), Ledger(":memory:"))
+    with pytest.raises(ValueError, match="ledger"):
+        BusNode(pipe, None)
+
