@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cloud_sync.mqtt import MqttConfig
 from edge.fares import FaresConfig
 from edge.ledger import LedgerConfig
 from edge.pipeline import PipelineConfig
@@ -86,6 +87,7 @@ class FacefareConfig(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     smile: SmileConfig = Field(default_factory=SmileConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,9 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "faces"
 
+# Real Mosquitto and PostgreSQL servers started by the project's code (fixtures in tests/servers.py).
+pytest_plugins = ["tests.servers"]
+
 
 def fixture_identities() -> dict[str, str]:
     with open(FIXTURES / "MANIFEST.tsv", newline="") as fh:
