@@ -134,7 +134,8 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
     from edge.face_engine import FaceEngine
     from edge.fares import FaresConfig
     from edge.ledger import Ledger
-    from edge.pipeline import BusPipeline
+    from edge.node import BusNode
+    from edge.pipeline import BusPipeline, Feedback
     from hardware.cameras import VideoFileSource
 
     engine = FaceEngine.from_config(cfg)
@@ -146,18 +147,25 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
         Path(str(ledger_path) + suffix).unlink(missing_ok=True)
     rules = cfg.fares if cfg.fares.routes else FaresConfig(routes={cfg.pipeline.route_id: 250})
     ledger = Ledger(ledger_path, rules, bus_id="demo-bus")
-    pipe = BusPipeline(engine, gallery, ledger, cfg.pipeline, quality=cfg.quality, smile=cfg.smile,
-                       feedback=lambda fb: log.info("door: track %s: %s", fb.track_id, fb.message))
+    labels: dict[int, str] = {}
+
+    def door(fb: Feedback) -> None:
+        log.info("door: track %s: %s", fb.track_id, fb.message)
+        if fb.decision is not None:
+            d = fb.decision
+            labels[d.track_id] = f"{d.action}: {d.rider_id or d.reason}"
+
+    pipe = BusPipeline(engine, gallery, None, cfg.pipeline, quality=cfg.quality, smile=cfg.smile)
     writer = None
     shots = []
-    labels: dict[int, str] = {}
-    for frame in VideoFileSource(clip):
-        decisions = pipe.process(frame.image, frame.ts, frame.index)
+
+    def annotate(frame, decisions) -> None:
+        nonlocal writer
         if frame.image is None:
-            continue
+            return
         bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
         for d in decisions:
-            labels[d.track_id] = f"{d.action}: {d.rider_id or d.reason}"
+            labels.setdefault(d.track_id, f"{d.action}: {d.rider_id or d.reason}")
         for track in pipe.tracker.tracks.values():
             if track.missed:
                 continue
@@ -175,6 +183,10 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
         writer.write(bgr)
         if decisions:
             shots.append(bgr.copy())
+
+    # The bus node's three threads (camera, pipeline, ledger); a file is played without dropping frames.
+    node = BusNode(pipe, ledger, feedback=door, drop_frames=False, on_frame=annotate)
+    stats = node.run(VideoFileSource(clip))
     if writer is not None:
         writer.release()
     if shots:
@@ -182,11 +194,11 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
     with open(out / "decisions.tsv", "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t")
         w.writerow(["frame", "track", "action", "rider", "reason", "distance", "margin", "message"])
-        for d in pipe.decisions:
+        for d in sorted(stats.decisions, key=lambda d: d.frame_index):
             w.writerow([d.frame_index, d.track_id, d.action, d.rider_id or "", d.reason,
                         "" if d.distance is None else f"{d.distance:.3f}",
                         "" if d.margin is None else f"{d.margin:.3f}", d.message])
     fares = ledger.db.execute("SELECT rider_id, amount_minor, currency FROM fares").fetchall()
     ledger.close()
-    return {"decisions": pipe.decisions, "fares": fares, "frames": pipe.processed_frames,
+    return {"decisions": stats.decisions, "fares": fares, "frames": pipe.processed_frames,
             "skipped": pipe.skipped_frames, "out": out}

@@ -56,6 +56,7 @@ class BusNode:
     """Runs a :class:`BusPipeline` (built without a ledger) on a frame source with three threads.
 
     ``pipeline.ledger`` must be None: charging is this class's ledger thread's job.
+    ``on_frame(frame, decisions)`` is called on the pipeline thread after each frame.
     ``feedback`` receives every prompt and every final decision (from whichever thread made it;
     it must be quick and thread-safe, as door LEDs and consoles are).
     """
@@ -69,6 +70,7 @@ class BusNode:
         queue_size: int = 2,
         drop_frames: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_frame: Callable[[object, list[Decision]], None] | None = None,
     ) -> None:
         if pipeline.ledger is not None:
             raise ValueError("BusNode charges through its own ledger thread: build the pipeline with ledger=None")
@@ -77,6 +79,7 @@ class BusNode:
         self.feedback = feedback
         self.drop_frames = drop_frames
         self.clock = clock
+        self.on_frame = on_frame
         self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
         self.charges: queue.Queue = queue.Queue()
         self.stats = NodeStats()
@@ -156,6 +159,8 @@ class BusNode:
             done = time.monotonic()
             self.stats.frames += 1
             self.stats.frame_ms.append((done - started) * 1000)
+            if self.on_frame is not None:  # e.g. the demo's annotated video; runs on this thread
+                self.on_frame(frame, decisions)
             for d in decisions:
                 self.stats.decision_ms.append((done - captured) * 1000)
                 if d.action == "charge" and self.ledger is not None:
