@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cloud_sync.dashboard.cli import dashboard
 from edge.ledger_cli import ledger
 from facefare import __version__
 from facefare.config import ConfigError, FacefareConfig, load_config
@@ -143,6 +144,7 @@ def faces_locate(ctx: Context, images: tuple[Path, ...], model: str | None, upsa
 # -- ledger (edge/ledger_cli.py) ----------------------------------------------------------
 
 main.add_command(ledger)
+main.add_command(dashboard)  # cloud_sync/dashboard/cli.py
 
 
 # -- demo ----------------------------------------------------------------------------------
@@ -152,12 +154,21 @@ main.add_command(ledger)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/demo"),
               show_default=True, help="Where to write the annotated video, contact sheets and tables.")
 @click.option("--photos/--no-photos", default=True, show_default=True, help="Also identify the shipped photos.")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="Also start a local MQTT broker and the fleet dashboard, print its address, send it the demo "
+                   "bus's decisions and fares, and keep serving until Ctrl-C.")
 @pass_ctx
-def demo(ctx: Context, out: Path, photos: bool) -> None:
+def demo(ctx: Context, out: Path, photos: bool, with_dashboard: bool) -> None:
     """The demo bus: enroll the shipped photos' riders, play the shipped clip through the bus
     pipeline, charge fares into a fresh local ledger, and write what a person can look at."""
+    from cloud_sync.dashboard import demo as fleet_demo
     from edge.demo import run_bus_demo, run_photo_demo
 
+    fleet = None
+    if with_dashboard:
+        fleet, password = fleet_demo.start_demo_dashboard(ctx.cfg, out / "dashboard")
+        click.get_current_context().call_on_close(fleet.stop)
+        click.echo(f"fleet dashboard: {fleet.server.url}  (log in as admin, password {password})\n")
     if photos:
         rows = run_photo_demo(ctx.cfg, out)
         click.echo(f"{'photo':<26} {'who is in it':<28} {'recognised as':<20} distance")
@@ -183,6 +194,11 @@ def demo(ctx: Context, out: Path, photos: bool) -> None:
         click.echo(f"charged {rider}: {amount} {currency} minor units")
     click.echo(f"annotated video: {out / 'demo_bus.mp4'}; decision frames: {out / 'decisions.jpg'}; "
                f"ledger: {out / 'ledger.db'}")
+    if fleet is not None:
+        sent = fleet_demo.publish_demo_bus(fleet, result, out / "ledger.db", ctx.cfg.pipeline.route_id)
+        click.echo(f"sent {sent} fare(s) and {len(result['decisions'])} decision(s) to the fleet dashboard at "
+                   f"{fleet.server.url}; Ctrl-C to stop")
+        fleet_demo.serve_demo_dashboard(fleet)
 
 
 if __name__ == "__main__":

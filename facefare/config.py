@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.mqtt import MqttConfig
 from edge.fares import FaresConfig
 from edge.ledger import LedgerConfig
@@ -88,6 +89,7 @@ class FacefareConfig(BaseSettings):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     smile: SmileConfig = Field(default_factory=SmileConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @classmethod
     def settings_customise_sources(
