@@ -32,14 +32,17 @@ LandmarkName = Literal["small", "large"]
 
 
 class FaceEngine:
-    def __init__(self, models_dir: str | Path, provider: str = "cpu", threads: int = 2) -> None:
+    def __init__(
+        self, models_dir: str | Path, provider: str = "cpu", threads: int = 2, trt_cache_dir: Path | None = None
+    ) -> None:
         self.models_dir = Path(models_dir)
         self.provider = provider
         self.threads = threads
+        self.trt_cache_dir = trt_cache_dir or self.models_dir / "trt-cache"  # TensorRT engines, built once
 
     @classmethod
     def from_config(cls, cfg) -> FaceEngine:  # cfg: facefare.config.FacefareConfig
-        return cls(cfg.models.dir, cfg.edge.providers, cfg.edge.threads)
+        return cls(cfg.models.dir, cfg.edge.providers, cfg.edge.threads, trt_cache_dir=cfg.data_dir / "trt-cache")
 
     def verify_all(self) -> dict:
         """Check every artefact against the manifest; raises ``ArtifactError`` on any problem."""
@@ -49,7 +52,7 @@ class FaceEngine:
         return verified_path(self.models_dir, name)
 
     def _session(self, name: str):
-        return make_session(self._path(name), self.provider, self.threads, cache_dir=self.models_dir / "trt-cache")
+        return make_session(self._path(name), self.provider, self.threads, cache_dir=self.trt_cache_dir)
 
     # -- models, loaded on first use ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ from cloud_sync.dashboard.cli import dashboard
 from edge.ledger_cli import ledger
 from facefare import __version__
 from facefare.config import ConfigError, FacefareConfig, load_config
+from hardware.cli import hardware
 
 log = logging.getLogger("facefare")
 
@@ -145,6 +146,7 @@ def faces_locate(ctx: Context, images: tuple[Path, ...], model: str | None, upsa
 
 main.add_command(ledger)
 main.add_command(dashboard)  # cloud_sync/dashboard/cli.py
+main.add_command(hardware)  # hardware/cli.py
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from edge.ledger import LedgerConfig
 from edge.pipeline import PipelineConfig
 from edge.quality import QualityConfig
 from edge.smile import SmileConfig
+from hardware.cameras import CameraConfig
+from hardware.feedback import FeedbackConfig
 
 ENV_PREFIX = "FACEFARE_"
 
@@ -90,6 +92,8 @@ class FacefareConfig(BaseSettings):
     smile: SmileConfig = Field(default_factory=SmileConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     @classmethod
     def settings_customise_sources(
