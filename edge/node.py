@@ -57,6 +57,8 @@ class BusNode:
 
     ``pipeline.ledger`` must be None: charging is this class's ledger thread's job.
     ``on_frame(frame, decisions)`` is called on the pipeline thread after each frame.
+    ``may_charge()`` is asked before each charge: while it is False (the gallery is catching up
+    with erasures after a reconnection) a matched rider is sent to the driver, never charged.
     ``feedback`` receives every prompt and every final decision (from whichever thread made it;
     it must be quick and thread-safe, as door LEDs and consoles are).
     """
@@ -71,6 +73,7 @@ class BusNode:
         drop_frames: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_frame: Callable[[object, list[Decision]], None] | None = None,
+        may_charge: Callable[[], bool] = lambda: True,
     ) -> None:
         if pipeline.ledger is not None:
             raise ValueError("BusNode charges through its own ledger thread: build the pipeline with ledger=None")
@@ -80,6 +83,7 @@ class BusNode:
         self.drop_frames = drop_frames
         self.clock = clock
         self.on_frame = on_frame
+        self.may_charge = may_charge
         self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
         self.charges: queue.Queue = queue.Queue()
         self.stats = NodeStats()
@@ -178,6 +182,13 @@ class BusNode:
                 return
             d, decided = item
             assert self.ledger is not None and d.rider_id is not None
+            if not self.may_charge():
+                log.warning("track %d: %s not charged: the gallery is not up to date", d.track_id, d.rider_id)
+                final = replace(d, action="see_driver", rider_id=None, reason="gallery_sync", fare=None,
+                                message="Please see the driver")  # fmt: skip
+                self._record(final)
+                self.feedback(Feedback(final.track_id, final.message, final))
+                continue
             cfg = self.pipeline.cfg
             fare = self.ledger.charge(d.rider_id, cfg.route_id, self.clock(), trip_id=cfg.trip_id)
             self.stats.charge_ms.append((time.monotonic() - decided) * 1000)

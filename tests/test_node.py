@@ -49,6 +49,15 @@ def test_node_charges_the_clip_rider_on_the_ledger_thread(face_engine, templates
     assert len(stats.decision_ms) == len(stats.decisions) and len(stats.charge_ms) == 1
 
 
+def test_no_charge_while_the_gallery_catches_up(face_engine, templates, faces_dir, tmp_path):  # noqa: F811
+    ledger = Ledger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
+    pipe = BusPipeline(face_engine, make_gallery(templates, ["lin"]), None)
+    node = BusNode(pipe, ledger, drop_frames=False, clock=lambda: AT, may_charge=lambda: False)
+    stats = node.run(f for f in VideoFileSource(faces_dir / CLIP) if 115 <= f.index < 200)
+    assert [(d.action, d.reason) for d in stats.decisions] == [("see_driver", "gallery_sync")]
+    assert ledger.db.execute("SELECT count(*) FROM fares").fetchone()[0] == 0
+
+
 def test_a_slow_ledger_does_not_stop_the_frame_loop(face_engine, templates, faces_dir, tmp_path):  # noqa: F811
     ledger = SlowLedger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
     pipe = BusPipeline(face_engine, make_gallery(templates, ["lin"]), None)
