@@ -159,10 +159,14 @@ class GalleryDelta(Strict):
 
 
 class GalleryAck(Strict):
-    """bus -> cloud: the bus now holds this gallery version (erasures in it are applied)."""
+    """bus -> cloud: the bus now holds this gallery version (erasures in it are applied).
+
+    ``resync``: the bus asks for the changes since ``version`` again (it refused a delta out of
+    order, or it starts from an empty gallery)."""
 
     version: Annotated[StrictInt, Field(ge=0)]
     erased: Annotated[list[Id], Field(max_length=10_000)] = []
+    resync: StrictBool = False
 
 
 Body = Fares | Heartbeat | Offline | DecisionEvent | Ack | GalleryDelta | GalleryAck
@@ -293,7 +297,11 @@ def parse(
     if key is None:
         raise ProtocolError("unknown_sender", f"no key registered for {env.sender!r}")
     try:
-        key.verify(base64.b64decode(env.sig, validate=True), env.signed_bytes())
+        # The canonical bytes from the received object itself: validated, it holds exactly the
+        # envelope's fields, so this equals env.signed_bytes() without serialising the body again.
+        signed = json.dumps({k: v for k, v in raw.items() if k != "sig"}, sort_keys=True, separators=(",", ":"),
+                            ensure_ascii=True).encode()  # fmt: skip
+        key.verify(base64.b64decode(env.sig, validate=True), signed)
     except (InvalidSignature, ValueError):
         raise ProtocolError("signature", f"{env.type} {env.msg_id} is not signed by {env.sender!r}") from None
     if check_time:

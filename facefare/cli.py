@@ -11,8 +11,10 @@ from pathlib import Path
 
 import click
 
+from cloud_sync.cli import cloud
 from cloud_sync.dashboard.cli import dashboard
 from edge.ledger_cli import ledger
+from enrollment.cli import enroll, enrollment, erase
 from facefare import __version__
 from facefare.config import ConfigError, FacefareConfig, load_config
 from hardware.cli import hardware
@@ -146,6 +148,10 @@ def faces_locate(ctx: Context, images: tuple[Path, ...], model: str | None, upsa
 
 main.add_command(ledger)
 main.add_command(dashboard)  # cloud_sync/dashboard/cli.py
+main.add_command(cloud)  # cloud_sync/cli.py
+main.add_command(enroll)  # enrollment/cli.py
+main.add_command(erase)  # enrollment/cli.py
+main.add_command(enrollment)  # enrollment/cli.py
 main.add_command(hardware)  # hardware/cli.py
 
 

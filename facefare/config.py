@@ -23,11 +23,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.mqtt import MqttConfig
+from cloud_sync.publisher import SyncConfig
+from cloud_sync.service import CloudConfig
 from edge.fares import FaresConfig
 from edge.ledger import LedgerConfig
 from edge.pipeline import PipelineConfig
 from edge.quality import QualityConfig
 from edge.smile import SmileConfig
+from enrollment.config import EnrollmentConfig
 from hardware.cameras import CameraConfig
 from hardware.feedback import FeedbackConfig
 
@@ -92,6 +95,9 @@ class FacefareConfig(BaseSettings):
     smile: SmileConfig = Field(default_factory=SmileConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
