@@ -125,8 +125,45 @@ def enroll_gallery(engine, folder: Path = FIXTURES, detector: str = "hog"):
     return Gallery(ids, np.stack(codes))
 
 
+def provision_demo_gallery(engine, folder: Path, out: Path, bus_id: str = "demo-bus"):
+    """The demo bus's gallery, made the way a real bus gets one: the operator enrolls the riders of
+    ``ENROLL`` into the encrypted template store; the cloud seals, signs and sends the bus its
+    gallery deltas; the bus checks and applies them into its own encrypted store (``BusGallery``).
+    Only the MQTT broker in between is left out: the delta bytes go straight to the bus.
+    """
+    from cloud_sync.protocol import generate_key
+    from enrollment.bus_gallery import BusGallery
+    from enrollment.distribution import GalleryDistributor
+    from enrollment.enroll import Enroller
+    from enrollment.store import RiderRecord, TemplateStore
+
+    for name in ("store.db", "store.key", "gallery.db", "gallery.db-wal", "gallery.db-shm"):
+        (out / name).unlink(missing_ok=True)
+    store = TemplateStore.open(out / "store.db", out / "store.key")
+    enroller = Enroller(engine, store)
+    for rider, file in ENROLL.items():
+        result = enroller.enroll(RiderRecord(rider_id=rider, display_name=rider.replace("_", " ").title()),
+                                 [(file, folder / file)])  # fmt: skip
+        if result.status != "enrolled":
+            raise RuntimeError(f"demo enrollment of {rider} from {file} failed: {result.message}")
+    cloud_key, bus_key = generate_key(), generate_key()
+    dist = GalleryDistributor(store, cloud_key, engine.embedder_sha256)
+    secret = dist.register_bus(bus_id)
+    gallery = BusGallery(out / "gallery.db", bus_id, secret, engine.embedder_sha256, cloud_key.public_key(),
+                         bus_key=bus_key)  # fmt: skip
+    dist.publish = lambda topic, payload: gallery.handle(topic, payload)
+    dist.sync(bus_id)
+    store.close()
+    gallery.refresh()
+    if sorted(gallery.riders) != sorted(ENROLL):
+        raise RuntimeError(f"the demo bus holds {sorted(gallery.riders)}, expected {sorted(ENROLL)}")
+    return gallery
+
+
 def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> dict:
     """Enroll the fixture riders, play ``clip`` through the bus pipeline into a fresh ledger.
+
+    The bus matches against templates only, from its encrypted gallery (``provision_demo_gallery``).
 
     Writes ``demo_bus.mp4`` (boxes, track ids, smile score, decisions), ``decisions.jpg``
     (the frame of each decision) and ``decisions.tsv``; returns a summary dict.
@@ -140,8 +177,8 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
 
     engine = FaceEngine.from_config(cfg)
     engine.verify_all()
-    gallery = enroll_gallery(engine, folder, cfg.edge.detector)
     out.mkdir(parents=True, exist_ok=True)
+    gallery = provision_demo_gallery(engine, folder, out)
     ledger_path = out / "ledger.db"
     for suffix in ("", "-wal", "-shm"):
         Path(str(ledger_path) + suffix).unlink(missing_ok=True)
@@ -200,5 +237,6 @@ def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> 
                         "" if d.margin is None else f"{d.margin:.3f}", d.message])
     fares = ledger.db.execute("SELECT rider_id, amount_minor, currency FROM fares").fetchall()
     ledger.close()
+    gallery.close()
     return {"decisions": stats.decisions, "fares": fares, "frames": pipe.processed_frames,
             "skipped": pipe.skipped_frames, "out": out}

@@ -154,7 +154,12 @@ class BusNode:
 
     def _pipeline_loop(self) -> None:
         while True:
-            item = self.frames.get()
+            try:
+                item = self.frames.get(timeout=0.5)
+            except queue.Empty:  # a silent camera: look at the stop flag now and then
+                if self._stop.is_set():
+                    return
+                continue
             if item is _DONE:
                 return
             frame, captured = item
