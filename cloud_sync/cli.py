@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import signal
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 import click
 
 from cloud_sync import protocol
+
+log = logging.getLogger(__name__)
 
 
 def _cfg() -> Any:
@@ -112,6 +115,7 @@ def run() -> None:
         service = service_from_config(cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    store = _take_gallery_acks(cfg, service)
     stop = threading.Event()
 
     def _stop(signum: int, frame: Any) -> None:
@@ -119,7 +123,35 @@ def run() -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    service.run(stop)
+    try:
+        service.run(stop)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _take_gallery_acks(cfg: Any, service: Any) -> Any:
+    """Where this cloud also enrolls riders, record the buses' gallery acks (erasure confirmations)
+    and answer their resend requests; returns the opened template store (or None)."""
+    if not cfg.enrollment.path("store", cfg.data_dir).exists():
+        log.info("no enrollment store at %s: gallery acks are not recorded by this service",
+                 cfg.enrollment.path("store", cfg.data_dir))  # fmt: skip
+        return None
+    from enrollment.distribution import GalleryDistributor
+    from enrollment.store import TemplateStore
+
+    try:
+        from edge.face_engine import FaceEngine
+
+        model_sha256 = FaceEngine.from_config(cfg).embedder_sha256
+    except Exception as exc:  # no converted models here: acks are recorded, resends cannot be built
+        log.warning("embedding model unavailable (%s): gallery resend requests will be logged only", exc)
+        model_sha256 = ""
+    store = TemplateStore.from_config(cfg)
+    dist = GalleryDistributor(store, service.key, model_sha256, delta_bytes=cfg.enrollment.delta_bytes)
+    dist.publish = lambda topic, payload: service.client.publish(topic, payload, qos=1, retain=True)
+    service.on("gallery_ack", lambda env: dist.acknowledge(env.sender, env.body))
+    return store
 
 
 @cloud.command("settle")

@@ -1,0 +1,103 @@
+"""The whole system, as deployed: ``facefare bus run`` and ``facefare cloud run`` as real processes.
+
+An operator enrolls Lin-Manuel Miranda from one photo (``facefare enroll``), registers bus-1 for
+the gallery and the ledger; the cloud service runs against a real Mosquitto broker; the bus plays
+the shipped clip as its camera. The bus receives its sealed gallery over MQTT, recognises Lin at
+the door, charges him offline into its own ledger, and the fare reaches the cloud ledger exactly
+once; the bus's outbox is empty when it stops.
+
+    camera -> edge pipeline -> ledger -> outbox -> MQTT -> cloud ledger;  gallery <- MQTT <- enrollment
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cloud_sync import protocol
+from facefare.cli import main
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _mqtt_toml(cfg) -> str:
+    return (f'[mqtt]\nhost = "{cfg.host}"\nport = {cfg.port}\nca_file = "{cfg.ca_file}"\n'
+            f'username = "{cfg.username}"\npassword_file = "{cfg.password_file}"\nkeepalive_s = 5\n')  # fmt: skip
+
+
+FARES = '[fares]\ncurrency = "EUR"\n[fares.routes]\n"1" = 250\n'
+
+
+def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_cloud(
+    models_dir: Path, faces_dir: Path, mosquitto, tmp_path: Path
+) -> None:
+    cloud_dir, bus_dir = tmp_path / "cloud", tmp_path / "bus"
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text(f'data_dir = "{cloud_dir}"\nlog_level = "INFO"\n[models]\ndir = "{models_dir}"\n'
+                          + FARES + _mqtt_toml(mosquitto.config_for("cloud")))  # fmt: skip
+    runner = CliRunner()
+
+    def cloud_cli(*args: str) -> str:
+        res = runner.invoke(main, ["--config", str(cloud_toml), *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    # Provisioning: the cloud's key, the bus's key registered with the ledger, its gallery secret.
+    cloud_cli("cloud", "keygen")
+    cloud_public = protocol.public_key_text(protocol.load_private_key(cloud_dir / "cloud_key.pem").public_key())
+    bus_key = protocol.generate_key()
+    protocol.save_private_key(bus_key, bus_dir / "bus_key.pem")
+    cloud_cli("cloud", "register-bus", "bus-1", "--public-key", protocol.public_key_text(bus_key.public_key()))
+    cloud_cli("enrollment", "register-bus", "bus-1", "--out", str(bus_dir / "gallery.key"))
+
+    # The operator enrolls Lin and someone else; the deltas go to the broker (retained).
+    photos = tmp_path / "photos"
+    for rider, photo in (("lin", "lin_manuel_miranda.png"), ("obama", "obama.jpg")):
+        (photos / rider).mkdir(parents=True)
+        (photos / rider / photo).write_bytes((faces_dir / photo).read_bytes())
+    assert "published" in cloud_cli("enroll", str(photos), "--quiet")
+
+    cloud = subprocess.Popen([sys.executable, "-m", "facefare.cli", "--config", str(cloud_toml), "cloud", "run"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    bus_toml = tmp_path / "bus.toml"
+    bus_toml.write_text(
+        f'data_dir = "{bus_dir}"\nlog_level = "INFO"\n[models]\ndir = "{models_dir}"\n'
+        f'[ledger]\nbus_id = "bus-1"\n[camera]\ntype = "file"\ndevice = "{faces_dir / "short_hamilton_clip.mp4"}"\n'
+        f'[sync]\ncloud_public_key = "{cloud_public}"\nheartbeat_interval_s = 2\n'
+        f'[enrollment]\ngallery_key_file = "{bus_dir / "gallery.key"}"\n'
+        + FARES + _mqtt_toml(mosquitto.config_for("bus-1"))
+    )
+    try:
+        bus = subprocess.run([sys.executable, "-m", "facefare.cli", "--config", str(bus_toml), "bus", "run"],
+                             capture_output=True, text=True, timeout=240, env=os.environ)  # fmt: skip
+        assert bus.returncode == 0, bus.stdout + bus.stderr
+        assert "1 charged" in bus.stdout, bus.stdout + bus.stderr
+        assert "gallery" in bus.stderr and "in sync at version 1" in bus.stderr, bus.stderr
+    finally:
+        cloud.send_signal(signal.SIGTERM)
+        cloud_out = cloud.communicate(timeout=30)[0]
+    assert cloud.returncode in (0, -signal.SIGTERM), cloud_out
+
+    # The bus: one fare for Lin, acknowledged by the cloud, nothing left in the outbox.
+    bus_db = sqlite3.connect(bus_dir / "ledger.db")
+    assert bus_db.execute("SELECT rider_id, amount_minor FROM fares").fetchall() == [("lin", 250)]
+    assert bus_db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    assert bus_db.execute("SELECT count(*) FROM acks").fetchone()[0] == 1
+
+    # The cloud: the same fare, once, and no difference with the bus's own export.
+    export = runner.invoke(main, ["--config", str(bus_toml), "ledger", "export", "--format", "json", "--fares"])
+    assert export.exit_code == 0, export.output
+    (tmp_path / "bus-1.json").write_text(export.output)
+    res = runner.invoke(main, ["--config", str(cloud_toml), "cloud", "reconcile", str(tmp_path / "bus-1.json")])
+    assert res.exit_code == 0, res.output  # no difference between bus and cloud
+    stats = cloud_cli("cloud", "stats")
+    assert "fares 1" in stats, stats
+    assert json.loads(export.output)  # the export is real JSON with the fare in it
