@@ -12,6 +12,7 @@ so QoS 1 acks the cloud sends while the bus is away wait at the broker). It
 * publishes a retained ``heartbeat`` (outbox backlog, oldest unsent fare, plus ``status_fields()``
   from the caller: gallery version, camera health...) on connect and every ``heartbeat_interval_s``;
 * leaves a signed ``offline`` status as its MQTT last will (retained), so the fleet sees a lost bus;
+* publishes door decisions queued with :meth:`report_decision` (best effort, no images);
 * routes other verified cloud messages (``gallery``) to handlers registered with :meth:`on`, or
   lets another feature hook the MQTT client itself (``configure(client)``, called before connecting).
 
@@ -28,6 +29,7 @@ import queue
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +47,7 @@ from cloud_sync.protocol import (
     MAX_FARES_PER_MESSAGE,
     PREFIX,
     Ack,
+    DecisionEvent,
     Envelope,
     Fare,
     Fares,
@@ -62,6 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope], None]
+#: Door decisions kept for the dashboard while the broker is unreachable.
+DECISION_QUEUE = 200
 
 
 class SyncConfig(BaseModel):
@@ -151,6 +156,9 @@ class BusSync:
         self._last_heartbeat = 0.0
         self._guard = ReplayGuard()
         self._client: Any = None
+        # Door decisions for the fleet dashboard: not money (the ledger holds that), so a bounded,
+        # best-effort queue; when the bus is offline for long, the oldest are dropped.
+        self._decisions: deque[DecisionEvent] = deque(maxlen=DECISION_QUEUE)
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -162,6 +170,10 @@ class BusSync:
         if msg_type not in protocol.SCHEMAS or protocol.SCHEMAS[msg_type][1] != "cloud" or msg_type == "ack":
             raise ValueError(f"no handlers for {msg_type!r}: only cloud-to-bus messages other than ack")
         self._handlers.setdefault(msg_type, []).append(handler)
+
+    def report_decision(self, event: DecisionEvent) -> None:
+        """Queue a door decision for the fleet (any thread); published on the sync's next round."""
+        self._decisions.append(event)
 
     def _sign(self, msg_type: str, body: protocol.Strict) -> bytes:
         return protocol.encode(Envelope.make(msg_type, self.bus_id, body), self.key)
@@ -253,6 +265,9 @@ class BusSync:
                 self.stats.resent_fares += len(batch.fare_ids)
                 del self._inflight[msg_id]
         self._publish_outbox()
+        while self._decisions:
+            event = self._decisions.popleft()
+            self._client.publish(topic_for("decision", self.bus_id), self._sign("decision", event), qos=1)
         if now - self._last_heartbeat >= self.heartbeat_interval_s:
             self._heartbeat()
 

@@ -85,7 +85,12 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
     def frame_done(frame: Any, decisions: list) -> None:
         last_frame[0] = time.monotonic()
 
-    node = BusNode(pipeline, ledger, feedback=door, drop_frames=cfg.camera.type != "file",
+    def feedback(fb: Any) -> None:
+        door(fb)
+        if fb.decision is not None:
+            sync.report_decision(decision_event(fb.decision))
+
+    node = BusNode(pipeline, ledger, feedback=feedback, drop_frames=cfg.camera.type != "file",
                    on_frame=frame_done, may_charge=lambda: gallery.ready)  # fmt: skip
     watchdog = Watchdog(healthy=lambda: time.monotonic() - last_frame[0] < STALL_S)
     sync_thread = threading.Thread(target=sync.run, args=(stop,), name="sync", daemon=True)
@@ -139,3 +144,19 @@ def _drain(cfg: FacefareConfig, stop: threading.Event, timeout_s: float) -> int:
     if left:
         log.warning("bus %s: %d fares still in the outbox; they go out at the next start", cfg.ledger.bus_id, left)
     return left
+
+
+def decision_event(d: Any) -> Any:
+    """The fleet's view of a door decision (``edge.pipeline.Decision``): who, what, why; never an image."""
+    from cloud_sync.protocol import DecisionEvent
+
+    fare = d.fare
+    return DecisionEvent(
+        at_ms=time.time_ns() // 1_000_000,
+        action=d.action,
+        reason=str(d.reason)[:200],
+        rider_id=d.rider_id,
+        fare_id=fare.fare_id if fare is not None else None,
+        amount_minor=fare.amount_minor if fare is not None else 0,
+        currency=fare.currency if fare is not None else None,
+    )

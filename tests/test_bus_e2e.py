@@ -23,7 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from cloud_sync import protocol
+from cloud_sync.mqtt import connect, subscribe
 from facefare.cli import main
+from tests.servers import Inbox
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,13 +77,23 @@ def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_
         f'[enrollment]\ngallery_key_file = "{bus_dir / "gallery.key"}"\n'
         + FARES + _mqtt_toml(mosquitto.config_for("bus-1"))
     )
+    fleet = connect(mosquitto.config_for("dashboard"), "test-dashboard", clean_start=True)
+    inbox = Inbox()
+    fleet.on_message = inbox.on_message
+    subscribe(fleet, [(protocol.topic_for("decision", "bus-1"), 1)])
     try:
         bus = subprocess.run([sys.executable, "-m", "facefare.cli", "--config", str(bus_toml), "bus", "run"],
                              capture_output=True, text=True, timeout=240, env=os.environ)  # fmt: skip
         assert bus.returncode == 0, bus.stdout + bus.stderr
         assert "1 charged" in bus.stdout, bus.stdout + bus.stderr
         assert "gallery" in bus.stderr and "in sync at version 1" in bus.stderr, bus.stderr
+        # The fleet saw the door's decision, signed by the bus, with the fare and no image.
+        msg = inbox.wait_for(protocol.topic_for("decision", "bus-1"))
+        event = protocol.parse(msg.topic, msg.payload, {"bus-1": bus_key.public_key()}.get).body
+        assert (event.action, event.rider_id, event.amount_minor, event.currency) == ("charge", "lin", 250, "EUR")
     finally:
+        fleet.disconnect()
+        fleet.loop_stop()
         cloud.send_signal(signal.SIGTERM)
         cloud_out = cloud.communicate(timeout=30)[0]
     assert cloud.returncode in (0, -signal.SIGTERM), cloud_out
