@@ -32,14 +32,11 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from cryptography import x509
@@ -49,6 +46,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloud_sync.mqtt import MqttConfig
 from cloud_sync.protocol import PREFIX
+from cloud_sync.server_process import ServerProcess
+from cloud_sync.server_process import free_port as free_port  # importable from here too, as before
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +60,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class BrokerError(RuntimeError):
     """The broker could not be set up or started; the message says why (with its log's tail)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def find_mosquitto() -> tuple[str, str]:
@@ -173,21 +165,21 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 # -- the broker ------------------------------------------------------------------------------
 
 
-class Mosquitto:
+class Mosquitto(ServerProcess):
     """A Mosquitto broker of this process, configured for FaceFare's buses, cloud and dashboard.
 
     ``buses`` are the bus ids that get a credential (role ``bus``); users ``cloud`` and
     ``dashboard`` always exist. More users can be added with :meth:`add_user` before
     :meth:`start`. ``port`` defaults to a free port, chosen once and kept across restarts.
+    Stopping sends SIGTERM, so that the broker saves its persistence file.
     """
 
-    host = "127.0.0.1"
+    name = "mosquitto"
+    error = BrokerError
 
     def __init__(self, workdir: Path, buses: Sequence[str], *, port: int | None = None) -> None:
-        self.workdir = Path(workdir)
-        self.port = port or free_port(self.host)
+        super().__init__(Path(workdir), port)
         self.roles: dict[str, Role] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Path = self.workdir / "mosquitto.stderr"
         for name in ("cloud", "dashboard"):
             self.add_user(name, name)  # type: ignore[arg-type]
@@ -203,6 +195,9 @@ class Mosquitto:
     @property
     def log_file(self) -> Path:
         return self.workdir / "mosquitto.log"
+
+    def _log_files(self) -> tuple[Path, ...]:
+        return (self.log_file, self._stderr)
 
     @property
     def conf_file(self) -> Path:
@@ -331,10 +326,6 @@ class Mosquitto:
 
     # -- process --
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
         """Write the files (certificates once) and start the broker; return when it accepts TLS connections."""
         if self.running:
@@ -346,6 +337,7 @@ class Mosquitto:
         self._write_password_file(mosquitto_passwd)
         (self.workdir / "acl").write_text(self.acl_text())
         self.conf_file.write_text(self.conf_text())
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
         with open(self._stderr, "ab") as err:
             self._proc = subprocess.Popen(
                 [mosquitto, "-c", str(self.conf_file)],
@@ -354,76 +346,20 @@ class Mosquitto:
                 stderr=err,
                 start_new_session=True,
             )
-        try:
-            self._wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+
+        def tls_handshake() -> None:
+            with (
+                socket.create_connection((self.host, self.port), timeout=1.0) as raw,
+                ctx.wrap_socket(raw, server_hostname=self.host) as tls,  # the handshake: its errors go on
+                contextlib.suppress(OSError),  # only for the close below
+            ):
+                tls.unwrap()  # a clean TLS close, so the broker logs no error for the probe
+
+        self._wait_until(tls_handshake, timeout_s, "accept TLS connections")
         log.info("mosquitto listening on %s:%d (work dir %s)", self.host, self.port, self.workdir)
         return self
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited with status {self._proc.returncode} at start\n{self.log_tail()}")
-            try:
-                with (
-                    socket.create_connection((self.host, self.port), timeout=1.0) as raw,
-                    ctx.wrap_socket(raw, server_hostname=self.host) as tls,
-                ):
-                    with contextlib.suppress(OSError):
-                        tls.unwrap()  # a clean TLS close, so the broker logs no error for the probe
-                    return
-            except OSError as exc:
-                last = exc
-                time.sleep(0.02)
-        raise BrokerError(
-            f"mosquitto did not accept TLS connections on {self.host}:{self.port} within {timeout_s} s "
-            f"(last error: {last})\n{self.log_tail()}"
-        )
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the broker (SIGTERM, so it saves its persistence file; SIGKILL after ``timeout_s``)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("mosquitto did not stop within %s s; killing it", timeout_s)
-                proc.kill()
-                proc.wait()
-        log.info("mosquitto on port %d stopped", self.port)
 
     def restart(self, timeout_s: float = 10.0) -> Mosquitto:
         """Stop and start again on the same port with the same persistence file (sessions survive)."""
         self.stop()
         return self.start(timeout_s)
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the broker's log and of its stderr, for error messages."""
-        out = []
-        for path in (self.log_file, self._stderr):
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                if tail:
-                    out.append(f"--- {path.name} ---\n" + "\n".join(tail))
-        return "\n".join(out) or "(mosquitto wrote no log)"
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"Mosquitto({self.host}:{self.port}, {state}, workdir={self.workdir})"

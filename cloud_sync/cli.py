@@ -21,23 +21,15 @@ from typing import Any
 import click
 
 from cloud_sync import protocol
+from facefare.clictx import current_config
 
 log = logging.getLogger(__name__)
-
-
-def _cfg() -> Any:
-    root = click.get_current_context().find_root().obj
-    if root is not None and hasattr(root, "cfg"):
-        return root.cfg
-    from facefare.config import load_config
-
-    return load_config(None)
 
 
 def _ledger(database_url: str | None) -> Any:
     from cloud_sync.cloud_ledger import open_ledger
 
-    cfg = _cfg()
+    cfg = current_config()
     url = database_url or cfg.cloud.resolve_url(cfg.data_dir)
     try:
         return open_ledger(url, cfg.fares)
@@ -65,7 +57,7 @@ def keygen(out: Path | None, force: bool) -> None:
     Give the cloud's public key to every bus (sync.cloud_public_key); register each bus's
     public key with 'facefare cloud register-bus'.
     """
-    cfg = _cfg()
+    cfg = current_config()
     path = out or cfg.cloud.resolve_key_file(cfg.data_dir)
     if path.exists() and not force:
         key = protocol.load_private_key(path)
@@ -110,7 +102,7 @@ def run() -> None:
     """
     from cloud_sync.service import service_from_config
 
-    cfg = _cfg()
+    cfg = current_config()
     try:
         service = service_from_config(cfg)
     except (FileNotFoundError, ValueError) as exc:

@@ -24,15 +24,14 @@ import pwd
 import re
 import secrets
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from cloud_sync.server_process import ServerProcess
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +55,19 @@ def find_bindir() -> Path:
     return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+class Postgres(ServerProcess):
+    """A PostgreSQL server of this process. ``port`` defaults to a free port, kept across restarts.
 
+    Stopping is PostgreSQL's fast shutdown (SIGINT).
+    """
 
-class Postgres:
-    """A PostgreSQL server of this process. ``port`` defaults to a free port, kept across restarts."""
-
-    host = "127.0.0.1"
+    name = "postgres"
+    error = PostgresError
+    stop_signal = signal.SIGINT
+    stop_timeout_s = 15.0
 
     def __init__(self, workdir: Path, *, port: int | None = None) -> None:
-        self.workdir = Path(workdir).resolve()
-        self.port = port or _free_port(self.host)
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(Path(workdir).resolve(), port)
         if os.geteuid() == 0:
             try:
                 self._os_user: pwd.struct_passwd | None = pwd.getpwnam(OS_USER_WHEN_ROOT)
@@ -102,10 +99,6 @@ class Postgres:
     def dsn(self) -> str:
         """The conninfo of the ``postgres`` maintenance database."""
         return self.dsn_for("postgres")
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # -- setup --
 
@@ -167,46 +160,14 @@ class Postgres:
             self._proc = subprocess.Popen(  # type: ignore[call-overload]
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, **self._run_as()
             )
-        try:
-            self._wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+
+        def connect() -> None:
+            with psycopg.connect(self.dsn, connect_timeout=2):
+                pass
+
+        self._wait_until(connect, timeout_s, "accept connections", retry_on=psycopg.OperationalError, poll_s=0.05)
         log.info("postgres listening on %s:%d (work dir %s)", self.host, self.port, self.workdir)
         return self
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise PostgresError(f"postgres exited with status {self._proc.returncode} at start\n{self.log_tail()}")
-            try:
-                with psycopg.connect(self.dsn, connect_timeout=2):
-                    return
-            except psycopg.OperationalError as exc:
-                last = exc
-                time.sleep(0.05)
-        raise PostgresError(
-            f"postgres did not accept connections on {self.host}:{self.port} within {timeout_s} s "
-            f"(last error: {last})\n{self.log_tail()}"
-        )
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop the server (fast shutdown: SIGINT; SIGKILL after ``timeout_s``)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("postgres did not stop within %s s; killing it", timeout_s)
-                proc.kill()
-                proc.wait()
-        log.info("postgres on port %d stopped", self.port)
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` (lower-case letters, digits, '_') and return its conninfo."""
@@ -217,21 +178,3 @@ class Postgres:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn_for(name)
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_file.exists():
-            return "(postgres wrote no log)"
-        tail = self.log_file.read_text(errors="replace").splitlines()[-lines:]
-        return "--- postgres.log ---\n" + "\n".join(tail)
-
-    def __enter__(self) -> Postgres:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"Postgres({self.host}:{self.port}, {state}, workdir={self.workdir})"

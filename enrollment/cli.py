@@ -20,16 +20,9 @@ from typing import Any
 
 import click
 
+from facefare.clictx import current_config
+
 log = logging.getLogger(__name__)
-
-
-def _cfg() -> Any:
-    root = click.get_current_context().find_root().obj
-    if root is not None and hasattr(root, "cfg"):
-        return root.cfg
-    from facefare.config import load_config
-
-    return load_config(None)
 
 
 def _store(cfg: Any) -> Any:
@@ -142,7 +135,7 @@ def enroll(folder: Path | None, camera: str | None, rider_id: str | None, displa
     """
     from enrollment.store import RiderRecord
 
-    cfg = _cfg()
+    cfg = current_config()
     store = _store(cfg)
     enroller = _enroller(cfg, store)
     if reembed:
@@ -216,7 +209,7 @@ def erase(words: tuple[str, ...]) -> None:
     personal data, records an audit entry (no biometric data) and publishes the erase to every
     bus that held the rider. Each bus confirms when it has applied it.
     """
-    cfg = _cfg()
+    cfg = current_config()
     store = _store(cfg)
     if len(words) == 2 and words[0] == "status":
         _erase_status(cfg, store, words[1])
@@ -273,7 +266,7 @@ def register_bus(bus_id: str, out: Path) -> None:
 
     if out.exists():
         raise click.ClickException(f"{out} exists; not overwriting it")
-    cfg = _cfg()
+    cfg = current_config()
     dist = _distributor(cfg, _store(cfg), connect=False)
     try:
         secret = dist.register_bus(bus_id)
@@ -290,7 +283,7 @@ def register_bus(bus_id: str, out: Path) -> None:
 @click.argument("bus_id", required=False)
 def sync(bus_id: str | None) -> None:
     """Publish the gallery deltas that bring BUS_ID (default: every bus) up to date."""
-    cfg = _cfg()
+    cfg = current_config()
     dist = _distributor(cfg, _store(cfg))
     if dist.publish is None:
         raise click.ClickException("cannot reach the MQTT broker; nothing published")
@@ -304,7 +297,7 @@ def sync(bus_id: str | None) -> None:
 @enrollment.command("buses")
 def buses() -> None:
     """Registered buses: published gallery version and the version each last confirmed."""
-    cfg = _cfg()
+    cfg = current_config()
     dist = _distributor(cfg, _store(cfg), connect=False)
     for b in dist.buses():
         click.echo(f"{b['bus_id']:<16} published {b['version']:>6}  confirmed {b['acked_version']:>6}  "
@@ -318,7 +311,7 @@ def add_operator_cmd(name: str, password: str) -> None:
     """Create or change an operator account of the HTTP API."""
     from enrollment.api import add_operator
 
-    cfg = _cfg()
+    cfg = current_config()
     try:
         add_operator(_store(cfg), name, password)
     except ValueError as exc:
@@ -330,7 +323,7 @@ def add_operator_cmd(name: str, password: str) -> None:
 @click.argument("rider_id", required=False)
 def audit(rider_id: str | None) -> None:
     """Print the audit log (of one rider): who did what, when. No biometric data is in it."""
-    cfg = _cfg()
+    cfg = current_config()
     for a in _store(cfg).audit_log(rider_id):
         click.echo(f"{a['seq']:>6} {a['at']} {a['actor']:<14} {a['action']:<18} {a['rider_id'] or '-':<20} "
                    f"{json.dumps(a['detail'], sort_keys=True)}")  # fmt: skip
@@ -346,7 +339,7 @@ def serve() -> None:
 
     from enrollment.api import create_app
 
-    cfg = _cfg()
+    cfg = current_config()
     store = _store(cfg)
     enroller = _enroller(cfg, store)
     dist = _distributor(cfg, store, enroller.model_sha256)

@@ -18,17 +18,9 @@ import click
 
 from cloud_sync.dashboard.auth import ROLES, AuthError, UserStore
 from cloud_sync.protocol import KeyLookup
+from facefare.clictx import current_config
 
 log = logging.getLogger(__name__)
-
-
-def _cfg() -> Any:
-    root = click.get_current_context().find_root().obj
-    if root is not None and hasattr(root, "cfg"):
-        return root.cfg
-    from facefare.config import load_config
-
-    return load_config(None)
 
 
 def users_path(cfg: Any) -> Path:
@@ -105,7 +97,7 @@ def run_cmd(host: str | None, port: int | None) -> None:
     """
     from cloud_sync.dashboard.feed import load_bus_keys
 
-    cfg = _cfg()
+    cfg = current_config()
     if cfg.dashboard.bus_keys_file is None:
         raise click.ClickException("set dashboard.bus_keys_file: the dashboard refuses messages it cannot verify")
     try:
@@ -126,7 +118,7 @@ def add_user(name: str, role: str, password: str) -> None:
 
     The password is stored as a salted scrypt hash in dashboard.users_file.
     """
-    store = UserStore(users_path(_cfg()))
+    store = UserStore(users_path(current_config()))
     try:
         existed = store.get(name) is not None
         store.set_user(name, password, role)  # type: ignore[arg-type]

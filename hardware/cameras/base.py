@@ -4,7 +4,8 @@ reconnect loop of live cameras.
 A live source (USB, RTSP, Pi camera, Jetson CSI) implements three small methods, ``_open``,
 ``_read`` and ``_close``; :class:`LiveSource` does the rest: it reopens the camera with
 exponential backoff when it cannot be opened or stops giving frames, and keeps a health flag
-(:meth:`LiveSource.health`) that the bus's MQTT heartbeat publishes as ``camera``.
+(:meth:`LiveSource.health`) that the bus's MQTT heartbeat publishes as ``camera``. A backend read
+through OpenCV (USB, RTSP, CSI) derives from :class:`VideoCaptureSource` and implements ``_open`` only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -204,3 +206,24 @@ class LiveSource:
             log.warning("%s: error while closing: %s", self.name, exc)
         if self._problem is None:
             self._problem = "closed"
+
+
+class VideoCaptureSource(LiveSource):
+    """A live source read through an OpenCV ``VideoCapture``: a backend's ``_open`` only opens it
+    and sets ``self._cap``; reading BGR frames as RGB and releasing the capture are done here."""
+
+    def __init__(self, reconnect: Reconnect | None = None) -> None:
+        super().__init__(reconnect)
+        self._cap: cv2.VideoCapture | None = None
+
+    def _read(self) -> np.ndarray | None:
+        assert self._cap is not None
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None or bgr.size == 0:
+            return None
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def _close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None

@@ -12,9 +12,8 @@ and not installing ``opencv-python-headless`` over it (see docs/deployment.md).
 from __future__ import annotations
 
 import cv2
-import numpy as np
 
-from hardware.cameras.base import CameraError, LiveSource, Reconnect
+from hardware.cameras.base import CameraError, Reconnect, VideoCaptureSource
 
 
 def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
@@ -47,7 +46,7 @@ def opencv_has_gstreamer() -> bool:
     return False
 
 
-class GStreamerCSISource(LiveSource):
+class GStreamerCSISource(VideoCaptureSource):
     """A Jetson CSI camera: ``sensor_id``, ``width`` x ``height`` at ``fps``, ``flip`` (0-7, nvvidconv)."""
 
     def __init__(
@@ -62,7 +61,6 @@ class GStreamerCSISource(LiveSource):
         super().__init__(reconnect)
         self.pipeline = csi_pipeline(sensor_id, width, height, fps, flip)
         self.name = f"csi {sensor_id}"
-        self._cap: cv2.VideoCapture | None = None
 
     def _open(self) -> None:
         if not opencv_has_gstreamer():
@@ -75,15 +73,3 @@ class GStreamerCSISource(LiveSource):
             cap.release()
             raise OSError("the GStreamer pipeline did not start (is nvargus-daemon running, the camera seated?)")
         self._cap = cap
-
-    def _read(self) -> np.ndarray | None:
-        assert self._cap is not None
-        ok, bgr = self._cap.read()
-        if not ok or bgr is None or bgr.size == 0:
-            return None
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    def _close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-import numpy as np
 
-from hardware.cameras.base import LiveSource, Reconnect
+from hardware.cameras.base import Reconnect, VideoCaptureSource
 
 
 def _redact(url: str) -> str:
@@ -32,7 +31,7 @@ def _redact(url: str) -> str:
     return url
 
 
-class OpenCVSource(LiveSource):
+class OpenCVSource(VideoCaptureSource):
     """``kind="usb"``: a V4L2 device (index or path); ``kind="rtsp"``: a stream URL through FFmpeg."""
 
     def __init__(
@@ -55,7 +54,6 @@ class OpenCVSource(LiveSource):
         self.timeout_ms = int(timeout_s * 1000)
         self.rtsp_transport = rtsp_transport
         self.name = f"{kind} {_redact(self.target)}"
-        self._cap: cv2.VideoCapture | None = None
 
     def _open(self) -> None:
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
@@ -76,15 +74,3 @@ class OpenCVSource(LiveSource):
             cap.release()
             raise OSError("VideoCapture did not open")
         self._cap = cap
-
-    def _read(self) -> np.ndarray | None:
-        assert self._cap is not None
-        ok, bgr = self._cap.read()
-        if not ok or bgr is None or bgr.size == 0:
-            return None
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    def _close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
