@@ -97,8 +97,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("bus %s: signal %d, stopping", cfg.ledger.bus_id, signum)
-        stop.set()
-        node.stop()
+        stop.set()  # the stopper thread below stops the node
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
