@@ -47,7 +47,7 @@ from cloud_sync.cloud_ledger import ENTRY_COLUMNS, STORED_FARE_COLUMNS, open_led
 from cloud_sync.mqtt import MqttConfig, connect, make_client, wait_connected  # noqa: E402
 from cloud_sync.postgres import Postgres  # noqa: E402
 from cloud_sync.protocol import Envelope, Fare, Fares, topic_for  # noqa: E402
-from cloud_sync.service import SUBSCRIPTIONS, CloudService  # noqa: E402
+from cloud_sync.service import SUBSCRIPTIONS, CloudConfig, CloudService  # noqa: E402
 from edge.ledger import epoch_ms  # noqa: E402
 
 BUSES = ("bus-1", "bus-2", "bus-3")
@@ -123,14 +123,16 @@ def wait_progress(count: Callable[[], int], total: int, desc: str, timeout_s: fl
 
 
 def run_service(broker: Mosquitto, dsn: str, keys: dict[str, Any], messages: list[tuple[str, bytes]],
-                total: int, settle_s: int) -> tuple[float, float]:  # fmt: skip
+                total: int, settle_s: int, writers: int) -> tuple[float, float]:  # fmt: skip
     ledger = open_ledger(dsn)
     for bus, key in keys.items():
         ledger.register_bus(bus, protocol.public_key_text(key.public_key()))
     queue_for(broker, "cloud-bench", messages)
-    # As 'facefare cloud run' runs it: settlement in its own thread on a second connection.
+    # As 'facefare cloud run' runs it: writer threads on their own connections, settlement in its
+    # own thread on one more.
     service = CloudService(ledger, protocol.generate_key(), broker.config_for("cloud"), client_id="cloud-bench",
-                           settle_ledger=open_ledger(dsn), settle_interval_s=settle_s)  # fmt: skip
+                           settle_ledger=open_ledger(dsn), settle_interval_s=settle_s,
+                           writer_ledgers=[open_ledger(dsn) for _ in range(writers - 1)])  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
     thread.start()
@@ -196,6 +198,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="10,000 and 2,000 fares")
     ap.add_argument("--settle-interval", type=int, default=2,
                     help="seconds between settlement rounds during ingest (the service's default: 2)")
+    ap.add_argument("--writers", type=int, default=CloudConfig().writers,
+                    help=f"writer threads of the service (default {CloudConfig().writers}, as facefare cloud run)")
     ap.add_argument("--dir", type=Path, help="work directory (default: a temporary one, removed after)")
     args = ap.parse_args()
     if args.quick:
@@ -212,7 +216,7 @@ def main() -> None:
         with Mosquitto(work / "mqtt", BUSES) as broker:
             pg.start()
             service_s, settle_s = run_service(broker, pg.create_database("bench_service"), keys, service_msgs,
-                                              args.fares, args.settle_interval)  # fmt: skip
+                                              args.fares, args.settle_interval, args.writers)  # fmt: skip
             naive_s = run_naive(broker, pg.create_database("bench_naive"), keys, naive_msgs, args.naive_fares)
     finally:
         pg.stop()
@@ -221,7 +225,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     service_rate, naive_rate = args.fares / service_s, args.naive_fares / naive_s
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"service: {args.fares:,} fares in {service_s:.2f} s = {service_rate:,.0f} fares/s "
+    print(f"service: {args.fares:,} fares in {service_s:.2f} s = {service_rate:,.0f} fares/s, {args.writers} writers "
           f"(target 20,000/s: {'met' if service_rate >= 20_000 else 'NOT met'})")  # fmt: skip
     print(f"naive:   {args.naive_fares:,} fares in {naive_s:.2f} s = {naive_rate:,.0f} fares/s")
     print(f"ratio:   {service_rate / naive_rate:.1f}x")

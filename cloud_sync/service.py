@@ -4,16 +4,19 @@
 persistent session and subscribes (QoS 1) to every bus's ``fares``, ``status``, ``decisions`` and
 ``gallery_ack`` topics. The MQTT network thread checks each message as it arrives
 (:func:`cloud_sync.protocol.parse` against the bus keys registered in the ledger, freshness, then
-:class:`~cloud_sync.protocol.ReplayGuard`) and queues it; one worker thread owns the database and,
-for each batch of queued messages:
+:class:`~cloud_sync.protocol.ReplayGuard`) and queues it for a writer. Each writer thread has its
+own database connection; a bus's ``fares`` always go to the same writer, so they are applied in
+the order the bus sent them, and every other message goes to the first writer (PostgreSQL runs
+two writers by default, SQLite one). For each batch of queued messages a writer:
 
 1. counts each refusal by reason in the ledger's ``rejections`` table and logs it; the service
    carries on;
 2. applies the ``fares`` messages in one transaction (:meth:`CloudLedger.ingest`: dedupe by fare id,
    a charge entry per new fare);
 3. only after that commit, publishes a signed ``ack`` (QoS 1) to ``facefare/v1/cloud/<bus>/acks``
-   and acknowledges the MQTT messages to the broker (manual PUBACK), so a crash at any point
-   leaves the messages at the broker or the fares in the bus's outbox, never lost;
+   and acknowledges the MQTT messages to the broker (manual PUBACK, in the order they arrived,
+   as MQTT requires), so a crash at any point leaves the messages at the broker or the fares in
+   the bus's outbox, never lost;
 4. every ``settle_interval_s``, settles transfers and caps across buses (refund entries); while a
    backlog is being drained it waits for a quiet moment, at most ``SETTLE_MAX_DELAY_S``.
 
@@ -28,7 +31,7 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +89,9 @@ class CloudConfig(BaseModel):
         40, ge=1, le=1000, description="Most MQTT messages applied in one database transaction"
     )
     settle_interval_s: int = Field(2, ge=1, description="Seconds between settlement runs (transfers and caps)")
+    writers: int = Field(
+        2, ge=1, le=8, description="Writer threads, each with its own connection (PostgreSQL; SQLite uses one)"
+    )
 
     def resolve_url(self, data_dir: Path) -> str:
         return self.database_url or f"sqlite:///{Path(data_dir) / 'cloud.db'}"
@@ -106,12 +112,44 @@ class _Item:
     retain: bool
     env: Envelope | None
     refusal: ProtocolError | None
+    seq: int = -1  # arrival order among QoS 1 messages, for the PUBACK
+
+
+class _InOrderAcks:
+    """Sends PUBACKs in the order the messages arrived, whichever writer commits first.
+
+    MQTT requires a client to acknowledge QoS 1 messages in the order it received them; with
+    several writers a later message can be committed first, so its PUBACK waits here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = 0  # numbers handed out (network thread only)
+        self._next = 0  # the oldest message not yet acknowledged
+        self._done: dict[int, int] = {}  # seq -> MQTT packet id, committed but waiting for older ones
+
+    def number(self) -> int:
+        n = self._arrived
+        self._arrived += 1
+        return n
+
+    def done(self, client: Any, items: Sequence[_Item]) -> None:
+        with self._lock:
+            for item in items:
+                if item.seq >= 0:
+                    self._done[item.seq] = item.mid
+            while self._next in self._done:
+                mid = self._done.pop(self._next)
+                if client is not None:
+                    client.ack(mid, 1)
+                self._next += 1
 
 
 class CloudService:
     """Consumes bus messages into a :class:`CloudLedger`; see the module docstring.
 
-    ``ledger`` is used only by the thread that calls :meth:`run`.
+    ``ledger`` is used only by the thread that calls :meth:`run` (the first writer), each of
+    ``writer_ledgers`` (more connections to the same database) by one more writer thread.
     """
 
     def __init__(
@@ -126,6 +164,7 @@ class CloudService:
         settle_interval_s: float = 2.0,
         ack_after_commit: bool = True,
         settle_ledger: CloudLedger | None = None,
+        writer_ledgers: Sequence[CloudLedger] = (),
     ) -> None:
         self.ledger = ledger
         self.key = key
@@ -136,13 +175,18 @@ class CloudService:
         self.settle_interval_s = settle_interval_s
         self.ack_after_commit = ack_after_commit
         self.settle_ledger = settle_ledger
+        #: One connection per writer thread: ``ledger`` for the first, then ``writer_ledgers``.
+        self.writer_ledgers = [ledger, *writer_ledgers]
         self.guard = ReplayGuard(window_ms)
         self.counts: Counter[str] = Counter()  # rejections by reason, this run
         self.applied_fares = 0
         self.batches = 0  # database transactions of fares messages
         self.db_seconds = 0.0  # time spent applying them
         self.connected = threading.Event()
-        self._inbox: queue.Queue[_Item] = queue.Queue()
+        self._stats_lock = threading.Lock()
+        self._inboxes: list[queue.Queue[_Item]] = [queue.Queue() for _ in self.writer_ledgers]
+        self._acks = _InOrderAcks()
+        self._writer_of: dict[str, int] = {}  # bus -> writer (network thread only)
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._keys_loaded = 0.0
@@ -213,7 +257,20 @@ class CloudService:
             env = self._check(msg.topic, bytes(msg.payload), bool(msg.retain))
         except ProtocolError as exc:
             refusal = exc
-        self._inbox.put(_Item(msg.topic, msg.mid, msg.qos, bool(msg.retain), env, refusal))
+        item = _Item(msg.topic, msg.mid, msg.qos, bool(msg.retain), env, refusal)
+        if item.qos > 0 and self.ack_after_commit:
+            item.seq = self._acks.number()
+        self._inboxes[self._writer_for(item)].put(item)
+
+    def _writer_for(self, item: _Item) -> int:
+        """A bus's fares always go to the same writer (buses dealt out in turn as they first
+        appear); every other message goes to the first."""
+        if item.env is None or not isinstance(item.env.body, Fares):
+            return 0
+        bus = item.env.sender
+        if bus not in self._writer_of:
+            self._writer_of[bus] = len(self._writer_of) % len(self._inboxes)
+        return self._writer_of[bus]
 
     # -- running ---------------------------------------------------------------------------
 
@@ -239,11 +296,15 @@ class CloudService:
         """
         if self._client is None:
             self.start()
-        settler = None
+        threads = [
+            threading.Thread(target=self._write_loop, args=(i, stop), name=f"writer-{i}", daemon=True)
+            for i in range(1, len(self.writer_ledgers))
+        ]
         if self.settle_ledger is not None:
-            settler = threading.Thread(target=self._settle_loop, args=(self.settle_ledger, stop), name="settle",
-                                       daemon=True)  # fmt: skip
-            settler.start()
+            threads.append(threading.Thread(target=self._settle_loop, args=(self.settle_ledger, stop), name="settle",
+                                            daemon=True))  # fmt: skip
+        for t in threads:
+            t.start()
         last_settle = 0.0
         try:
             while not stop.is_set():
@@ -253,20 +314,27 @@ class CloudService:
                     except Exception:
                         self._keys_loaded = time.monotonic()  # try again in a few seconds
                         log.exception("cannot read the bus registry; keeping the keys already known")
-                items = self._take_batch(0.2)
+                items = self._take_batch(0, 0.2)
                 if items:
-                    self._process(items, stop)
+                    self._process(items, self.ledger, stop)
                 now = time.monotonic()
                 waited = now - last_settle
                 due = waited >= self.settle_interval_s and (not self._busy() or waited >= SETTLE_MAX_DELAY_S)
-                if settler is None and due:
+                if self.settle_ledger is None and due:
                     self._settle(self.ledger, max_rounds=1)  # bounded: ingestion waits one round at most
                     last_settle = now
         finally:
             stop.set()
-            if settler is not None:
-                settler.join(30)
+            for t in threads:
+                t.join(30)
             self.close()
+
+    def _write_loop(self, i: int, stop: threading.Event) -> None:
+        """Writer ``i`` (from 1): apply the batches queued for it, on its own connection."""
+        while not stop.is_set():
+            items = self._take_batch(i, 0.2)
+            if items:
+                self._process(items, self.writer_ledgers[i], stop)
 
     def _settle_loop(self, ledger: CloudLedger, stop: threading.Event) -> None:
         last = time.monotonic()
@@ -288,14 +356,15 @@ class CloudService:
             log.info("cloud service stopped (applied %d new fares, refused %s)", self.applied_fares,
                      dict(self.counts) or "nothing")  # fmt: skip
 
-    def _take_batch(self, timeout_s: float) -> list[_Item]:
+    def _take_batch(self, writer: int, timeout_s: float) -> list[_Item]:
+        inbox = self._inboxes[writer]
         try:
-            items = [self._inbox.get(timeout=timeout_s)]
+            items = [inbox.get(timeout=timeout_s)]
         except queue.Empty:
             return []
         while len(items) < self.max_batch:
             try:
-                items.append(self._inbox.get_nowait())
+                items.append(inbox.get_nowait())
             except queue.Empty:
                 break
         return items
@@ -321,7 +390,7 @@ class CloudService:
             self.guard.check(env)
         return env
 
-    def _process(self, items: list[_Item], stop: threading.Event) -> None:
+    def _process(self, items: list[_Item], ledger: CloudLedger, stop: threading.Event) -> None:
         fares: list[FaresMessage] = []
         rejections: list[Rejection] = []
         others: list[tuple[Envelope, bool]] = []
@@ -331,40 +400,41 @@ class CloudService:
                 assert exc is not None
                 bus = bus_of_topic(item.topic) or "?"
                 rejections.append(Rejection(bus, exc.reason, exc.detail[:500]))
-                self.counts[exc.reason] += 1
+                with self._stats_lock:
+                    self.counts[exc.reason] += 1
                 log.warning("refused a message on %s: %s", item.topic[:120], exc)
                 continue
             if isinstance(env.body, Fares):
                 fares.append(FaresMessage(env.sender, env.msg_id, env.sent_ms, env.body.fares))
             else:
                 others.append((env, item.retain))
-        results = self._apply(fares, rejections, stop)
+        results = self._apply(ledger, fares, rejections, stop)
         if results is None:
             return  # stopping with the database unreachable: the broker keeps the messages
         for res in results:
-            self.applied_fares += res.new
-            if res.duplicates:
-                self.counts["replay"] += res.duplicates
-            if res.replayed_message:
-                self.counts["replay"] += 1
-            if res.rejected:
-                self.counts["conflict"] += len(res.rejected)
+            with self._stats_lock:
+                self.applied_fares += res.new
+                if res.duplicates:
+                    self.counts["replay"] += res.duplicates
+                if res.replayed_message:
+                    self.counts["replay"] += 1
+                if res.rejected:
+                    self.counts["conflict"] += len(res.rejected)
             self._send_ack(res)
         for env, retained in others:
-            self._dispatch(env, retained)
-        for item in items:
-            if item.qos > 0 and self._client is not None and self.ack_after_commit:
-                self._client.ack(item.mid, item.qos)
+            self._dispatch(env, ledger, retained)
+        self._acks.done(self._client, items)
 
-    def _apply(self, fares: list[FaresMessage], rejections: list[Rejection],
+    def _apply(self, ledger: CloudLedger, fares: list[FaresMessage], rejections: list[Rejection],
                stop: threading.Event) -> list[IngestResult] | None:  # fmt: skip
         delay = 0.5
         while True:
             try:
                 start = time.perf_counter()
-                results = self.ledger.ingest(fares, rejections)
-                self.db_seconds += time.perf_counter() - start
-                self.batches += 1
+                results = ledger.ingest(fares, rejections)
+                with self._stats_lock:
+                    self.db_seconds += time.perf_counter() - start
+                    self.batches += 1
                 if fares:
                     self._last_batch_at = time.monotonic()
                 return results
@@ -384,11 +454,11 @@ class CloudService:
             payload = protocol.encode(Envelope.make("ack", CLOUD, body), self.key)
             self._client.publish(topic_for("ack", res.sender), payload, qos=1)
 
-    def _dispatch(self, env: Envelope, retained: bool = False) -> None:
+    def _dispatch(self, env: Envelope, ledger: CloudLedger, retained: bool = False) -> None:
         if env.type in ("heartbeat", "offline"):
             backlog = getattr(env.body, "outbox_backlog", 0)
             try:
-                self.ledger.record_status(env.sender, env.type == "heartbeat", backlog, env.body.model_dump())
+                ledger.record_status(env.sender, env.type == "heartbeat", backlog, env.body.model_dump())
             except Exception:
                 log.exception("cannot record the status of bus %s", env.sender)
             if env.type == "offline":
@@ -412,6 +482,7 @@ def service_from_config(cfg: FacefareConfig) -> CloudService:
     mqtt: MqttConfig = cfg.mqtt  # type: ignore[attr-defined]
     url = cc.resolve_url(cfg.data_dir)
     ledger = open_ledger(url, cfg.fares)
+    more = [open_ledger(url, cfg.fares) for _ in range(cc.writers - 1)] if ledger.concurrent_writers else []
     return CloudService(
         ledger,
         key,
@@ -421,4 +492,5 @@ def service_from_config(cfg: FacefareConfig) -> CloudService:
         max_batch_messages=cc.max_batch_messages,
         settle_interval_s=cc.settle_interval_s,
         settle_ledger=open_ledger(url, cfg.fares),  # settlement on its own connection and thread
+        writer_ledgers=more,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -66,6 +67,21 @@ def test_a_fare_is_applied_exactly_once(led: CloudLedger) -> None:
     assert led.fare_count() == 5
     assert len([e for e in led.entries() if e["kind"] == "charge"]) == 5
     assert led.rejection_counts() == {"replay": 3}
+
+
+def test_a_batch_mixing_new_and_settled_fares_applies_only_the_new(led: CloudLedger) -> None:
+    # The fast path writes without looking fare ids up; a settled id in the batch must send it
+    # through the careful path, with nothing of the first attempt left behind.
+    old = [make_fare("bus-1", f"r{i}", T0 + timedelta(minutes=i), 250) for i in range(3)]
+    led.ingest([msg(old)])
+    new = [make_fare("bus-2", f"n{i}", T0 + timedelta(minutes=i), 400) for i in range(4)]
+    res = led.ingest([msg(new), msg([*old[1:], make_fare("bus-1", "r9", T0, 250)])])
+    assert [(r.new, r.duplicates) for r in res] == [(4, 0), (1, 2)]
+    assert led.fare_count() == 8
+    charges = [e for e in led.entries() if e["kind"] == "charge"]
+    assert len(charges) == len({e["fare_id"] for e in charges}) == 8
+    assert sum(e["amount_minor"] for e in charges) == 4 * 250 + 4 * 400
+    assert len(led.execute("SELECT * FROM messages")) == 3
 
 
 def test_a_message_applied_twice_applies_nothing(led: CloudLedger) -> None:
@@ -135,6 +151,28 @@ def test_settlement_applies_the_daily_cap_across_buses(led: CloudLedger) -> None
     assert led.settle() == 1
     assert led.balances() == {("r1", "EUR"): 750}
     assert led.settle() == 0
+
+
+def test_settlement_waits_for_a_writer_that_commits_out_of_order(postgres_dsn: str) -> None:
+    """Two writers: the first fare (lower seq) commits after the second. Settlement must not step
+    past it, or the transfer between them would never be refunded."""
+    first = make_fare("bus-1", "r1", T0, 250)
+    second = make_fare("bus-2", "r1", T0 + timedelta(minutes=20), 250)
+    with (open_ledger(postgres_dsn, RULES) as slow, open_ledger(postgres_dsn, RULES) as fast,
+          open_ledger(postgres_dsn, RULES) as settler):  # fmt: skip
+        settled: list[int] = []
+        worker = threading.Thread(target=lambda: settled.append(settler.settle()))
+        with slow.transaction():  # the slow writer's transaction stays open
+            slow.ingest([msg([first])])
+            fast.ingest([msg([second])])  # numbered after `first`, committed before it
+            worker.start()
+            worker.join(1.0)
+            assert worker.is_alive(), "settlement read past a fare that was not committed yet"
+        worker.join(10)
+        assert settled == [1]
+        refunds = [e for e in settler.entries() if e["kind"] == "refund"]
+        assert [(e["fare_id"], e["amount_minor"]) for e in refunds] == [(second.fare_id, -250)]
+        assert settler.unsettled() == 0
 
 
 def test_postgres_ledger_carries_on_after_a_server_restart() -> None:

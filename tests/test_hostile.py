@@ -239,3 +239,20 @@ def test_every_signed_message_parses_and_any_changed_byte_is_refused(text: str, 
     changed = payload[:pos] + bytes([payload[pos] ^ 1]) + payload[pos + 1 :]
     with pytest.raises(ProtocolError):
         protocol.parse(topic_for("fares", "bus-1"), changed, LOOKUP)
+
+
+# Everything a message may hold: no floats (no schema has one), any text, integers of any size.
+canonical_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=canonical_values)
+def test_canonical_json_is_exactly_the_documented_definition(value: Any) -> None:
+    """Signatures cover canonical_json(); a bus and a cloud that disagreed on one byte of it would
+    refuse each other's messages, so its fast path must equal the definition in docs/protocol.md."""
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert protocol.canonical_json(value) == expected
