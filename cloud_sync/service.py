@@ -187,6 +187,7 @@ class CloudService:
         self._inboxes: list[queue.Queue[_Item]] = [queue.Queue() for _ in self.writer_ledgers]
         self._acks = _InOrderAcks()
         self._writer_of: dict[str, int] = {}  # bus -> writer (network thread only)
+        self._writer_failure: BaseException | None = None
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._keys_loaded = 0.0
@@ -291,8 +292,10 @@ class CloudService:
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set: apply batches and acknowledge them; settle.
 
-        With a ``settle_ledger`` (a second connection) settlement runs in its own thread, so
-        ingestion never waits for it; otherwise it runs between batches in this thread.
+        This thread is the first writer; each of ``writer_ledgers`` gets a writer thread. With a
+        ``settle_ledger`` (one more connection) settlement runs in its own thread, so ingestion
+        never waits for it; otherwise it runs between batches in this thread. Raises if a writer
+        thread failed (after stopping the others), so the process exits with an error.
         """
         if self._client is None:
             self.start()
@@ -328,13 +331,20 @@ class CloudService:
             for t in threads:
                 t.join(30)
             self.close()
+        if self._writer_failure is not None:
+            raise RuntimeError("a writer thread of the cloud service failed") from self._writer_failure
 
     def _write_loop(self, i: int, stop: threading.Event) -> None:
         """Writer ``i`` (from 1): apply the batches queued for it, on its own connection."""
-        while not stop.is_set():
-            items = self._take_batch(i, 0.2)
-            if items:
-                self._process(items, self.writer_ledgers[i], stop)
+        try:
+            while not stop.is_set():
+                items = self._take_batch(i, 0.2)
+                if items:
+                    self._process(items, self.writer_ledgers[i], stop)
+        except BaseException as exc:
+            log.exception("writer %d failed; stopping the service (its messages stay at the broker)", i)
+            self._writer_failure = exc
+            stop.set()  # run() then raises it, as when the first writer fails
 
     def _settle_loop(self, ledger: CloudLedger, stop: threading.Event) -> None:
         last = time.monotonic()
