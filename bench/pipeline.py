@@ -5,16 +5,23 @@
 * FaceFare: the bus node (``edge.node.BusNode``: camera, pipeline and ledger threads) on every
   frame: detect at 640 px, track, gates, embed only for tracks that passed the gates, match,
   decide, charge into a ledger file. Its gallery is loaded from templates enrolled beforehand in
-  another process, as on a bus, which holds templates only.
+  another process, as on a bus, which holds templates only. It runs with the default
+  ``detect_regions="motion"`` (HOG scans only regions around motion and live tracks, the whole
+  frame every ``full_detect_every`` frames or when those regions would cover most of it; see
+  ``edge.motion``).
+* FaceFare, whole frames: the same node with ``detect_regions="full"`` (HOG scans every whole
+  frame, as before motion gating), so that the gain of the regions is measured in the same run;
+  the two must make the same decisions.
 * Peer: the loop of face_recognition's own video example: every frame scaled to 1/4, HOG
   face_locations, then face_encodings of every face, then compare_faces with the gallery.
 * Second peer, for scale: the same loop on the full frame, where its HOG does find this clip's
   faces (at 1/4 the 640x360 clip becomes 160x90 and no face is found, so the first peer does
   almost nothing per frame).
 
-Prints frames per second of each, the ratios, FaceFare's frame-to-decision latency (p50/p95 of
-the processing time of the frames on which a decision was made) and each process's peak RSS
-(each pipeline runs in its own subprocess so that RSS is its own).
+Prints frames per second of each, the ratios, the share of frames HOG scanned whole and the mean
+fraction of the frame it scanned, FaceFare's frame-to-decision latency (p50/p95 of the processing
+time of the frames on which a decision was made) and each process's peak RSS (each pipeline runs
+in its own subprocess so that RSS is its own).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def run_enroll(models: str | None, templates: Path) -> dict:
     return {"riders": len(gallery)}
 
 
-def run_ours(models: str | None, templates: Path) -> dict:
+def run_ours(models: str | None, templates: Path, regions: str = "motion") -> dict:
     import tempfile
 
     import numpy as np
@@ -67,7 +74,7 @@ def run_ours(models: str | None, templates: Path) -> dict:
     from edge.ledger import Ledger
     from edge.matcher import Gallery
     from edge.node import BusNode
-    from edge.pipeline import BusPipeline
+    from edge.pipeline import BusPipeline, PipelineConfig
     from hardware.cameras import VideoFileSource
 
     engine = _engine(models)
@@ -76,7 +83,7 @@ def run_ours(models: str | None, templates: Path) -> dict:
     BusPipeline(engine, gallery).process(next(iter(VideoFileSource(CLIP))).image, -10.0, -1)  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bench")
-        pipe = BusPipeline(engine, gallery)
+        pipe = BusPipeline(engine, gallery, cfg=PipelineConfig(detect_regions=regions))
         node = BusNode(pipe, ledger, drop_frames=False)  # a file: process every frame, drop none
         start = time.perf_counter()
         stats = node.run(VideoFileSource(CLIP))  # streamed, as from a camera: RSS holds no frame buffer
@@ -90,7 +97,9 @@ def run_ours(models: str | None, templates: Path) -> dict:
         "frame_ms_p95": float(np.percentile(per_frame, 95)),
         "decision_ms": [per_frame[i] for i in sorted(decision_frames) if i < len(per_frame)],
         "charge_ms": stats.charge_ms,
-        "decisions": len(stats.decisions),
+        "decisions": [[d.action, d.rider_id] for d in stats.decisions],
+        "full_scans": pipe.regions.full_passes / pipe.regions.frames if pipe.regions else 1.0,
+        "scanned": pipe.regions.scanned / pipe.regions.frames if pipe.regions else 1.0,
         "rss_mb": _peak_rss_mb(),
     }
 
@@ -128,13 +137,14 @@ def run_peer(scale: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=None)
-    parser.add_argument("--child", choices=["enroll", "ours", "peer", "peer-full"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["enroll", "ours", "ours-full", "peer", "peer-full"], help=argparse.SUPPRESS)
     parser.add_argument("--templates", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = {
             "enroll": lambda: run_enroll(args.models, args.templates),
             "ours": lambda: run_ours(args.models, args.templates),
+            "ours-full": lambda: run_ours(args.models, args.templates, "full"),
             "peer": lambda: run_peer(0.25),
             "peer-full": lambda: run_peer(1.0),
         }[args.child]()
@@ -148,18 +158,23 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         templates = Path(tmp) / "templates.npz"
-        for who in tqdm(["enroll", "ours", "peer", "peer-full"], desc="benchmarking", unit="process"):
+        for who in tqdm(["enroll", "ours", "ours-full", "peer", "peer-full"], desc="benchmarking", unit="process"):
             cmd = [sys.executable, __file__, "--child", who, "--templates", str(templates)]
             cmd += ["--models", args.models] if args.models else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             results[who] = json.loads(out.stdout.strip().splitlines()[-1])
-    ours = results["ours"]
-    rows = [("facefare bus node", ours), ("face_recognition video loop (1/4)", results["peer"]),
+    ours, full = results["ours"], results["ours-full"]
+    rows = [("facefare bus node (motion regions)", ours), ("facefare bus node, whole frames", full),
+            ("face_recognition video loop (1/4)", results["peer"]),
             ("face_recognition loop, full frame", results["peer-full"])]  # fmt: skip
     print(f"\n{'pipeline':<36}{'fps':>8}{'frame p50 ms':>14}{'frame p95 ms':>14}{'peak RSS MB':>13}")
     for name, r in rows:
         print(f"{name:<36}{r['fps']:>8.1f}{r['frame_ms_p50']:>14.1f}{r['frame_ms_p95']:>14.1f}{r['rss_mb']:>13.0f}")
-    print(f"\nframes per second ratio vs the 1/4 loop: {ours['fps'] / results['peer']['fps']:.2f}x (target >= 5x)")
+    print(f"\nmotion regions vs whole frames: {ours['fps'] / full['fps']:.2f}x fps; HOG scanned the whole frame "
+          f"on {ours['full_scans']:.0%} of frames, {ours['scanned']:.0%} of the frame on average")
+    same = "same decisions" if ours["decisions"] == full["decisions"] else "DIFFERENT DECISIONS"
+    print(f"decisions: motion {ours['decisions']}, whole frames {full['decisions']} ({same})")
+    print(f"frames per second ratio vs the 1/4 loop: {ours['fps'] / results['peer']['fps']:.2f}x (target >= 5x)")
     print(f"frames per second ratio vs the full-frame loop: {ours['fps'] / results['peer-full']['fps']:.2f}x")
     if ours["decision_ms"]:
         d = np.array(ours["decision_ms"])

@@ -10,9 +10,14 @@ This reproduces what ``dlib.get_frontal_face_detector()(rgb, upsample)`` does, s
    normalisation with truncation at 0.2, the contrast-insensitive and texture planes, and a
    zero border so that the detection window can overhang the image;
 4. each of the detector's 5 linear filters correlated over each level (dlib runs a separable,
-   rank-truncated version of each filter plane; we use the same truncated filters);
+   rank-truncated version of each filter plane; we use the same truncated filters, all 5 applied
+   by one matrix product per level);
 5. windows scoring at least the component's threshold mapped back to image rectangles;
 6. dlib's greedy non-max suppression with its ``test_box_overlap``.
+
+``HogDetector.detect(..., regions=...)`` scans only the windows lying inside given boxes: per
+level it resizes and computes features for those boxes plus a few cells of context only, so each
+scanned window scores exactly as in the scan of the whole image (``edge.motion`` plans the boxes).
 
 The pixel-level arithmetic (float32 rounding of the resize, orientation snapping and channel
 tie-breaking) follows dlib's x86 code paths so that the boxes agree with dlib's.
@@ -21,10 +26,11 @@ tie-breaking) follows dlib's x86 code paths so that the boxes agree with dlib's.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge.geometry import Detection, Rect
@@ -116,6 +122,7 @@ def _row_tables(in_n: int, out_n: int) -> tuple:
     return top, bottom, frac
 
 
+@lru_cache(maxsize=32)
 def _weight_grids(in_h: int, out_h: int, in_w: int, out_w: int, vec: int) -> tuple[np.ndarray, ...]:
     """float32 corner weights (tl, tr, bl, br) of dlib's vector loop, each shaped (out_h, vec)."""
     _, _, tb = _row_tables(in_h, out_h)
@@ -133,32 +140,54 @@ def resize_planes(planes: list[np.ndarray], out_h: int, out_w: int) -> list[np.n
     scalar tail (the last few columns) computes in double and truncates. Both are reproduced.
     """
     in_h, in_w = planes[0].shape
+    return resize_block(planes, (in_h, in_w), (0, 0), (out_h, out_w), (0, max(out_h, 0)), (0, max(out_w, 0)))
+
+
+def resize_block(
+    planes: list[np.ndarray],
+    in_size: tuple[int, int],
+    origin: tuple[int, int],
+    out_size: tuple[int, int],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> list[np.ndarray]:
+    """Rows ``rows`` x columns ``cols`` (half-open ranges) of :func:`resize_planes`' result.
+
+    ``planes`` hold the part of an ``in_size`` image that starts at ``origin`` (row, col) and
+    covers every input pixel those outputs sample. Each output pixel is computed exactly as in
+    the resize of the whole image.
+    """
+    (in_h, in_w), (out_h, out_w) = in_size, out_size
+    (r0, r1), (c0, c1), (oy, ox) = rows, cols, origin
     if out_h <= 0 or out_w <= 0 or in_h == 0 or in_w == 0:
-        return [np.zeros((max(out_h, 0), max(out_w, 0)), dtype=np.uint8) for _ in planes]
+        return [np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=np.uint8) for _ in planes]
     top, bottom, tb = _row_tables(in_h, out_h)
     lo, hi, _, _, lr64, vec = _resize_tables(in_w, out_w)
-    weights = _weight_grids(in_h, out_h, in_w, out_w, vec) if vec > 0 else ()
+    top, bottom, tb = top[r0:r1] - oy, bottom[r0:r1] - oy, tb[r0:r1]
+    v1 = min(c1, vec)  # outputs [c0, v1) come from the vector loop, [max(c0, vec), c1) from the tail
+    s0 = max(c0, vec)
+    weights = [g[r0:r1, c0:v1] for g in _weight_grids(in_h, out_h, in_w, out_w, vec)] if c0 < v1 else []
     out = []
     for plane in planes:
-        res = np.empty((out_h, out_w), dtype=np.uint8)
+        res = np.empty((r1 - r0, c1 - c0), dtype=np.uint8)
         rows_t = plane[top]
         rows_b = plane[bottom]
-        if vec > 0:
+        if weights:
             tlf, trf, blf, brf = weights
-            lo_v, hi_v = lo[:vec], hi[:vec]
-            acc = tlf * np.take(rows_t, lo_v, axis=1)
-            acc += trf * np.take(rows_t, hi_v, axis=1)
-            acc += blf * np.take(rows_b, lo_v, axis=1)
-            acc += brf * np.take(rows_b, hi_v, axis=1)
-            res[:, :vec] = acc  # float -> uint8 truncates, as dlib's conversion does
-        if vec < out_w:
+            lo_v, hi_v = lo[c0:v1] - ox, hi[c0:v1] - ox
+            acc = tlf * rows_t[:, lo_v]
+            acc += trf * rows_t[:, hi_v]
+            acc += blf * rows_b[:, lo_v]
+            acc += brf * rows_b[:, hi_v]
+            res[:, : v1 - c0] = acc  # float -> uint8 truncates, as dlib's conversion does
+        if s0 < c1:
             t = tb[:, None]
-            f = lr64[None, vec:]
-            lo_s, hi_s = lo[vec:], hi[vec:]
+            f = lr64[None, s0:c1]
+            lo_s, hi_s = lo[s0:c1] - ox, hi[s0:c1] - ox
             val = (1 - t) * ((1 - f) * rows_t[:, lo_s] + f * rows_t[:, hi_s]) + t * (
                 (1 - f) * rows_b[:, lo_s] + f * rows_b[:, hi_s]
             )
-            res[:, vec:] = val
+            res[:, s0 - c0 :] = val
         out.append(res)
     return out
 
@@ -182,6 +211,18 @@ def pyramid_up(planes: list[np.ndarray]) -> list[np.ndarray]:
 def _lround(x: float) -> int:
     """C's ``lround``: round half away from zero."""
     return int(np.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
+
+
+def _row_span(in_n: int, out_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last input row that each output row of a resize samples."""
+    top, bottom, _ = _row_tables(in_n, out_n)
+    return top, bottom
+
+
+def _col_span(in_n: int, out_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last input column that each output column of a resize samples."""
+    lo, hi, *_ = _resize_tables(in_n, out_n)
+    return lo, hi
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +281,11 @@ def fhog(planes: list[np.ndarray], cell: int, pad_rows: int, pad_cols: int) -> n
     return _normalise(hist.astype(np.float32), cells_r, cells_c, hog_r, hog_c, pad_rows, pad_cols)
 
 
+#: cells a scanned block reaches beyond its region, before and after (see ``HogDetector._axis_plan``)
+_LEAD, _TRAIL = 2, 3
+#: feature cells next to a block edge inside the image that differ from the whole image's
+_EXACT_LEAD, _EXACT_TRAIL = 1, 2
+
 #: pixel rows voted per pass, so that the temporaries of a large image stay cache-sized
 _VOTE_ROWS = 128
 
@@ -251,49 +297,50 @@ def _vote(planes: list[np.ndarray], vis_r: int, vis_c: int, cell: int, hist: np.
     # gradient lengths goes to the later channel, and the leftover columns with scalar code,
     # where it goes to the earlier channel.
     groups = max(0, -(-(vis_c - 8) // 8))
-    simd = slice(0, min(8 * groups, n_cols))
-    scalar = slice(min(8 * groups, n_cols), n_cols)
+    split = min(8 * groups, n_cols)
     iy, wy1, wy0 = _cell_weights(vis_r, cell)
     ix, wx1, wx0 = _cell_weights(vis_c, cell)
     n_hc = hist.shape[2]
-    cell_index = ix[None, :]
     lut = _orientation_lut()
     for a in range(1, vis_r, _VOTE_ROWS):
         b = min(a + _VOTE_ROWS, vis_r)  # pixel rows a..b-1
-        # each candidate gradient is carried as one exact float32 code, gy * 511 + gx
-        best_code = best_len = None
+        # integer gradients (exact); each candidate is carried as one code, gy * 511 + gx
+        best_code = best_len = mask = None
         for plane in planes:
-            gx = np.subtract(plane[a:b, 2 : vis_c + 1], plane[a:b, 0 : vis_c - 1], dtype=np.float32)
-            gy = np.subtract(plane[a + 1 : b + 1, 1:vis_c], plane[a - 1 : b - 1, 1:vis_c], dtype=np.float32)
+            gx = np.subtract(plane[a:b, 2 : vis_c + 1], plane[a:b, 0 : vis_c - 1], dtype=np.int32)
+            gy = np.subtract(plane[a + 1 : b + 1, 1:vis_c], plane[a - 1 : b - 1, 1:vis_c], dtype=np.int32)
             length = gx * gx
             length += gy * gy
-            code = gy * 511
+            code = gy
+            code *= 511
             code += gx
             if best_len is None:
                 best_code, best_len = code, length
+                mask = np.empty(length.shape, dtype=bool)
                 continue
-            for cols, wins in ((simd, np.greater_equal), (scalar, np.greater)):
-                mask = wins(length[:, cols], best_len[:, cols])
-                np.copyto(best_code[:, cols], code[:, cols], where=mask)
-                np.copyto(best_len[:, cols], length[:, cols], where=mask)
+            np.greater_equal(length[:, :split], best_len[:, :split], out=mask[:, :split])
+            np.greater(length[:, split:], best_len[:, split:], out=mask[:, split:])
+            np.copyto(best_code, code, where=mask)
+            np.maximum(best_len, length, out=best_len)
         best_code += 255 * 511 + 255
         # votes of these rows land in histogram rows first..last; collect them there
         first, last = int(iy[a - 1]), int(iy[b - 2]) + 1
         n_hr = last - first + 1
         size = 18 * n_hr * n_hc
-        index = lut[best_code.astype(np.intp)].astype(np.intp)
+        index = np.take(lut, best_code).astype(np.intp)
         index *= n_hr * n_hc
-        index += (iy[a - 1 : b - 1, None] - first) * n_hc + cell_index
+        index += (iy[a - 1 : b - 1, None] - first) * n_hc + ix[None, :]
         index = index.reshape(-1)
-        v = np.sqrt(best_len)
-        local = np.zeros(size, dtype=np.float64)
-        # dlib's vote weights in float32: vy * (vx * v)
+        v = np.sqrt(best_len.astype(np.float32))
+        local = np.zeros(size + n_hc + 1, dtype=np.float64)  # room for the votes shifted right/down
+        # dlib's vote weights in float32: vy * (vx * v); a vote into the cell right of / below
+        # a pixel's first cell is the first cell's bin shifted by 1 / n_hc
         for dx, wx in ((0, wx1), (1, wx0)):
             vx = v * wx[None, :]
             for dy, wy in ((0, wy1), (n_hc, wy0)):
                 weights = (vx * wy[a - 1 : b - 1, None]).reshape(-1)
-                local += np.bincount(index + (dy + dx) if dy + dx else index, weights, size)
-        hist[:, first : last + 1] += local.reshape(18, n_hr, n_hc)
+                local[dy + dx : dy + dx + size] += np.bincount(index, weights, size)
+        hist[:, first : last + 1] += local[:size].reshape(18, n_hr, n_hc)
 
 
 def _normalise(
@@ -382,11 +429,10 @@ class HogDetector:
             use_separable = self._dlib_uses_separable(f)
             for p in range(31):
                 filters[i, :, :, p] = _separable_filter(f[:, :, p]) if use_separable else f[:, :, p]
-        # one (rows, cols) float32 kernel per component and feature plane
-        self._kernels = [
-            [np.ascontiguousarray(filters[i, :, :, p], dtype=np.float32) for p in range(31)]
-            for i in range(self.num_components)
-        ]
+        # the filters as one matrix: rows (column offset, plane), columns (row offset, component)
+        self._weights = np.ascontiguousarray(
+            filters.astype(np.float32).transpose(2, 3, 1, 0).reshape(fc * 31, fr * self.num_components)
+        )
         log.info("HOG detector: %d components of %dx%d cells", self.num_components, fr, fc)
 
     def _dlib_uses_separable(self, f: np.ndarray) -> bool:
@@ -411,21 +457,24 @@ class HogDetector:
                 return levels
 
     def _scores(self, feats: np.ndarray) -> np.ndarray:
-        """Filter responses (comp, out_rows, out_cols) for every window fully inside ``feats``."""
+        """Filter responses (comp, out_rows, out_cols) for every window fully inside ``feats``.
+
+        One matrix product instead of a correlation per plane and component: each row of ``x``
+        holds the 31 features of ``fhog_cols`` consecutive cells of one feature row, so ``x @
+        weights`` gives every window row's contribution to each component's score, and the
+        ``fhog_rows`` contributions of a window are then summed.
+        """
         _, rows, cols = feats.shape
-        out_r, out_c = rows - self.fhog_rows + 1, cols - self.fhog_cols + 1
-        scores = np.empty((self.num_components, out_r, out_c), dtype=np.float32)
-        for i, kernels in enumerate(self._kernels):
-            acc = None
-            for plane, kernel in zip(feats, kernels, strict=True):
-                # anchor (0, 0): output (r, c) correlates the window whose top-left cell is (r, c)
-                resp = cv2.filter2D(plane, cv2.CV_32F, kernel, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-                if acc is None:
-                    acc = resp
-                else:
-                    acc += resp
-            scores[i] = acc[:out_r, :out_c]
-        return scores
+        fr, fc, n = self.fhog_rows, self.fhog_cols, self.num_components
+        out_r, out_c = rows - fr + 1, cols - fc + 1
+        cells = np.ascontiguousarray(feats.transpose(1, 2, 0))  # (rows, cols, 31)
+        runs = np.lib.stride_tricks.sliding_window_view(cells, fc, axis=1)  # (rows, out_c, 31, fc)
+        x = np.ascontiguousarray(runs.transpose(0, 1, 3, 2)).reshape(rows * out_c, fc * 31)
+        part = (x @ self._weights).reshape(rows, out_c, fr, n)
+        acc = part[:out_r, :, 0].copy()
+        for dr in range(1, fr):
+            acc += part[dr : dr + out_r, :, dr]
+        return np.ascontiguousarray(acc.transpose(2, 0, 1))
 
     def _rect_from_cell(self, r: np.ndarray, c: np.ndarray, level: int) -> list[tuple[float, ...]]:
         """Map windows whose top-left feature cell is (r, c) to image rectangles at level 0."""
@@ -452,14 +501,28 @@ class HogDetector:
 
     # -- public ----------------------------------------------------------------------------
 
-    def detect(self, rgb: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0) -> list[Detection]:
-        """Faces in an HxWx3 uint8 RGB image, as dlib's detector reports them (score = margin)."""
+    def detect(
+        self,
+        rgb: np.ndarray,
+        upsample: int = 0,
+        adjust_threshold: float = 0.0,
+        regions: Sequence[Rect] | None = None,
+    ) -> list[Detection]:
+        """Faces in an HxWx3 uint8 RGB image, as dlib's detector reports them (score = margin).
+
+        With ``regions`` (boxes in ``rgb``'s pixels) only the detection windows lying inside one
+        of them are scanned, at every pyramid level; each such window gets the score the scan of
+        the whole image gives it (its features are computed from enough surrounding pixels), so
+        a face inside a region is found with the box and score of a whole-image scan.
+        """
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {rgb.shape}")
         planes = [np.ascontiguousarray(rgb[:, :, c], dtype=np.uint8) for c in range(3)]
         for _ in range(upsample):
             planes = pyramid_up(planes)
-        cands = self._candidates(planes, adjust_threshold)
+            if regions is not None:  # rect_up: x -> 2x + 2.5, y -> 2y + 1.5, with a pixel to spare
+                regions = [Rect(2 * r.left, 2 * r.top, 2 * r.right + 5, 2 * r.bottom + 5) for r in regions]
+        cands = self._candidates(planes, adjust_threshold, regions)
         # dlib sorts by score (descending) when there are several components, then keeps each
         # box that overlaps none of those kept before it.
         if self.num_components > 1:
@@ -476,36 +539,136 @@ class HogDetector:
             out.append(Detection(rect, float(score)))
         return out
 
-    def _candidates(self, planes: list[np.ndarray], adjust_threshold: float) -> list[tuple[float, Rect]]:
-        h, w = planes[0].shape
-        levels = self._num_levels(h, w)
-        per_comp: list[list[tuple[float, Rect]]] = [[] for _ in range(self.num_components)]
-        level_planes = planes
-        for level in range(levels):
-            if level > 0:
-                lh, lw = level_planes[0].shape
-                n = self.pyramid_down
-                level_planes = resize_planes(level_planes, (n - 1) * lh // n, (n - 1) * lw // n)
-            feats = fhog(level_planes, self.cell, self.fhog_rows, self.fhog_cols)
-            if feats.shape[1] < self.fhog_rows or feats.shape[2] < self.fhog_cols:
-                continue
-            scores = self._scores(feats)
-            for i in range(self.num_components):
-                thresh = self.thresholds[i] + adjust_threshold
-                # dlib compares the float32 score with the double threshold in double precision
-                level_scores = scores[i].astype(np.float64)
-                rr, cc = np.nonzero(level_scores >= thresh)
-                if len(rr) == 0:
-                    continue
-                vals = level_scores[rr, cc] - self.thresholds[i]
-                for val, box in zip(vals, self._rect_from_cell(rr, cc, level), strict=True):
-                    rect = Rect(*(_lround(v) for v in box))
-                    per_comp[i].append((float(val), rect))
+    def _candidates(
+        self, planes: list[np.ndarray], adjust_threshold: float, regions: Sequence[Rect] | None = None
+    ) -> list[tuple[float, Rect]]:
+        found = self._scan(planes, adjust_threshold, regions)
+        # per component: in scan order (level, row, col), then stably by score, as dlib lists them
         cands: list[tuple[float, Rect]] = []
-        for dets in per_comp:
+        for i in range(self.num_components):
+            keys = sorted(k for k in found if k[0] == i)
+            dets: list[tuple[float, Rect]] = []
+            for level in sorted({k[1] for k in keys}):
+                at = [k for k in keys if k[1] == level]
+                rr = np.array([k[2] for k in at])
+                cc = np.array([k[3] for k in at])
+                for key, box in zip(at, self._rect_from_cell(rr, cc, level), strict=True):
+                    dets.append((found[key] - self.thresholds[i], Rect(*(_lround(v) for v in box))))
             dets.sort(key=lambda d: -d[0])
             cands.extend(dets)
         return cands
+
+    def _scan(
+        self, planes: list[np.ndarray], adjust_threshold: float, regions: Sequence[Rect] | None = None
+    ) -> dict[tuple[int, int, int, int], float]:
+        """Windows scoring at least their threshold: (component, level, row, col) -> score.
+
+        (row, col) is the window's top-left cell in the level's padded feature map.
+        """
+        h, w = planes[0].shape
+        levels = self._num_levels(h, w)
+        n = self.pyramid_down
+        sizes = [(h, w)]
+        for _ in range(1, levels):
+            sizes.append(((n - 1) * sizes[-1][0] // n, (n - 1) * sizes[-1][1] // n))
+        if regions is None:
+            regions = [Rect(0, 0, w - 1, h - 1)]
+        # (component, level, row, col) of a window's top-left cell in the level's padded map -> score
+        found: dict[tuple[int, int, int, int], float] = {}
+        for region in regions:
+            reg = region.clipped(w, h)
+            if reg.width <= 0 or reg.height <= 0:
+                continue
+            reg_levels = self._region_levels(reg, sizes)
+            if reg_levels == 0:
+                continue
+            row_plan = self._axis_plan([s[0] for s in sizes[:reg_levels]], reg.top, reg.bottom + 1, _row_span)
+            col_plan = self._axis_plan([s[1] for s in sizes[:reg_levels]], reg.left, reg.right + 1, _col_span)
+            (ry, _, _, _), (rx, _, _, _) = row_plan[0], col_plan[0]
+            block = [p[ry : row_plan[0][1], rx : col_plan[0][1]] for p in planes]
+            for level in range(reg_levels):
+                (ry0, ry1, sy0, sy1), (rx0, rx1, sx0, sx1) = row_plan[level], col_plan[level]
+                if level > 0:
+                    (py0, _, _, _), (px0, _, _, _) = row_plan[level - 1], col_plan[level - 1]
+                    block = resize_block(block, sizes[level - 1], (py0, px0), sizes[level], (ry0, ry1), (rx0, rx1))
+                scan = [p[sy0 - ry0 : sy1 - ry0, sx0 - rx0 : sx1 - rx0] for p in block]
+                feats = fhog(scan, self.cell, self.fhog_rows, self.fhog_cols)
+                if feats.shape[1] < self.fhog_rows or feats.shape[2] < self.fhog_cols:
+                    continue
+                scores = self._scores(feats)
+                lh, lw = sizes[level]
+                i0, i1 = self._exact_windows(scores.shape[1], sy0, sy1 == lh, self.fhog_rows)
+                j0, j1 = self._exact_windows(scores.shape[2], sx0, sx1 == lw, self.fhog_cols)
+                if i0 >= i1 or j0 >= j1:
+                    continue
+                dy, dx = sy0 // self.cell, sx0 // self.cell  # the scanned block's offset in cells
+                for i in range(self.num_components):
+                    thresh = self.thresholds[i] + adjust_threshold
+                    # dlib compares the float32 score with the double threshold in double precision
+                    level_scores = scores[i, i0:i1, j0:j1].astype(np.float64)
+                    rr, cc = np.nonzero(level_scores >= thresh)
+                    for r, c, val in zip(rr.tolist(), cc.tolist(), level_scores[rr, cc].tolist(), strict=True):
+                        found.setdefault((i, level, r + i0 + dy, c + j0 + dx), val)
+        return found
+
+    def _region_levels(self, reg: Rect, sizes: list[tuple[int, int]]) -> int:
+        """How many pyramid levels have windows that can lie inside ``reg``.
+
+        A window of a deeper level covers more of the image; once it is larger than the region
+        (allowing half a window of overhang where the region reaches the image's edge, as windows
+        overhang the image there), that level and all deeper ones are left out.
+        """
+        (h, w), cs = sizes[0], self.cell
+        count = 0
+        for lh, lw in sizes:
+            for size, length, lo, hi, full, lvl in (
+                (self.box_rows, reg.height, reg.top, reg.bottom, h, lh),
+                (self.box_cols, reg.width, reg.left, reg.right, w, lw),
+            ):
+                scale = full / lvl  # level pixels -> image pixels
+                window = ((size - 1) * cs + 1) * scale
+                room = length + window * ((lo == 0) + (hi == full - 1)) / 2 + cs * scale
+                if window > room:
+                    return count
+            count += 1
+        return count
+
+    def _axis_plan(
+        self, lengths: list[int], start: int, end: int, span: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[int, int, int, int]]:
+        """Along one axis, per pyramid level: the pixels to resize and the pixels to scan.
+
+        ``[start, end)`` is a region at level 0. The scanned pixels are the region scaled to the
+        level, widened by ``_LEAD`` cells before and ``_TRAIL`` after (so that the windows inside
+        the region have exact features) and aligned to the cell grid; the resized pixels also hold
+        every pixel that the next level's resized pixels sample. ``span(in, out)`` gives the
+        first and last input index each output index samples.
+        """
+        cs = self.cell
+        plan = []
+        for length in lengths:
+            s = length / lengths[0]
+            lo = max(0, (math.floor(start * s) - _LEAD * cs) // cs * cs)
+            hi = -(-(math.ceil(end * s) + _TRAIL * cs) // cs) * cs
+            plan.append([lo, min(hi, length), lo, min(hi, length)])
+        for k in range(len(lengths) - 1, 0, -1):
+            first, last = span(lengths[k - 1], lengths[k])
+            plan[k - 1][0] = min(plan[k - 1][0], int(first[plan[k][0]]))
+            plan[k - 1][1] = max(plan[k - 1][1], int(last[plan[k][1] - 1]) + 1)
+        return [(a, b, c, d) for a, b, c, d in plan]
+
+    @staticmethod
+    def _exact_windows(n_windows: int, scan_start: int, at_end: bool, size: int) -> tuple[int, int]:
+        """Window indices [first, last) of a scanned block whose features equal the whole image's.
+
+        A block edge inside the image leaves the feature cells near it incomplete: the windows
+        must keep ``_EXACT_LEAD`` cells from a leading edge and ``_EXACT_TRAIL`` from a trailing one.
+        At the image's own edges the block is the image, so every window there is exact.
+        """
+        pad = (size - 1) // 2  # zero cells before the first feature cell
+        first = 0 if scan_start == 0 else pad + _EXACT_LEAD
+        last = n_windows if at_end else n_windows - size + pad - _EXACT_TRAIL + 1
+        return first, max(first, min(last, n_windows))
 
     def _overlaps(self, a: Rect, b: Rect) -> bool:
         """dlib's ``test_box_overlap``: IoU against the bounding box, or one box mostly covered."""

@@ -2,7 +2,9 @@
 
 Per frame::
 
-    as_rgb -> detect (on a copy scaled to ``detect_side`` px longest side; boxes scaled back)
+    as_rgb -> detect (on a copy scaled to ``detect_side`` px longest side; boxes scaled back;
+              with ``detect_regions="motion"`` HOG scans only the regions edge.motion plans:
+              motion and live tracks, the whole frame every ``full_detect_every`` frames)
       -> IouTracker -> the door-zone face (the largest face whose centre is in the zone; two faces
          of similar size in the zone -> "One at a time please", nothing else happens)
       -> 5-point landmarks -> aligned chip -> quality gate -> smile gate
@@ -33,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.geometry import Rect
 from edge.images import ImageError, as_rgb
 from edge.matcher import Gallery, Match
+from edge.motion import MotionMask, RegionPlanner
 from edge.quality import QualityConfig, assess
 from edge.smile import SmileConfig, SmileGate, SmileState
 from edge.tracker import IouTracker
@@ -58,6 +61,27 @@ class PipelineConfig(BaseModel):
     max_match_frames: int = Field(15, ge=1, description="Embedded frames without agreement before 'see the driver'")
     detect_side: int = Field(640, ge=80, description="Detection runs on a copy scaled to this longest side")
     upsample: int = Field(0, ge=0, le=2, description="HOG detector upsampling")
+    detect_regions: Literal["motion", "full"] = Field(
+        "motion",
+        description="'motion': HOG scans only regions around motion and live tracks (see edge.motion), "
+        "the whole frame now and then; 'full': the whole frame every frame",
+    )
+    full_detect_every: int = Field(
+        12, ge=1, description="With 'motion': scan the whole frame every this many frames (and on the first)"
+    )
+    motion_width: int = Field(160, ge=16, description="Width in px of the grey copy the motion mask is computed on")
+    motion_threshold: int = Field(
+        25, ge=1, le=255, description="Grey-level difference from the running average that counts as motion"
+    )
+    region_margin: float = Field(
+        0.5, ge=0, description="A motion or track box is widened on each side by this fraction of its size"
+    )
+    region_min_margin: int = Field(
+        100, ge=0, description="A motion or track box is widened on each side by at least this many detection-scale px"
+    )
+    max_region_fraction: float = Field(
+        0.6, gt=0, le=1, description="Regions covering more than this fraction of the frame: scan it whole"
+    )
     door_zone: tuple[float, float, float, float] = Field(
         (0.0, 0.0, 1.0, 1.0),
         description="left, top, right, bottom as fractions of the frame; a face's centre must lie in it",
@@ -160,6 +184,13 @@ class BusPipeline:
         self.feedback = feedback or (lambda fb: None)
         self.clock = clock
         self.tracker = tracker or IouTracker()
+        c = self.cfg
+        self.regions: RegionPlanner | None = None
+        if c.detect_regions == "motion":
+            motion = MotionMask(c.motion_width, c.motion_threshold)
+            self.regions = RegionPlanner(
+                c.full_detect_every, c.region_margin, c.region_min_margin, c.max_region_fraction, motion
+            )
         self.states: dict[int, TrackState] = {}
         self.decisions: list[Decision] = []
         self.skipped_frames = 0
@@ -208,7 +239,16 @@ class BusPipeline:
 
     def _detect(self, rgb: np.ndarray) -> list[Rect]:
         small, factor = resize_for_detection(rgb, self.cfg.detect_side)
-        dets = self.engine.detect(small, self.cfg.upsample, "hog")
+        regions = None
+        if self.regions is not None:
+            tracks = [scale_rect(t.rect, 1.0 / factor) for t in self.tracker.tracks.values()]
+            regions = self.regions.plan(small, tracks)
+        if regions is None:
+            dets = self.engine.detect(small, self.cfg.upsample, "hog")
+        elif regions:
+            dets = self.engine.hog.detect(small, self.cfg.upsample, regions=regions)
+        else:
+            dets = []
         return [scale_rect(d.rect, factor) for d in dets]
 
     def _door_face(self, seen: list, shape: tuple[int, ...]):
