@@ -264,8 +264,9 @@ class CloudLedger:
         at = _now()
         with self.transaction():
             self.lock_ingest()
-            ids = list(dict.fromkeys(f.fare_id for m in messages for f in m.fares))
-            stored = self._stored_fares(ids) if look_up else {}
+            stored: dict[str, tuple[Any, ...]] = {}
+            if look_up:  # only on the careful path: the fast path lets the unique index find them
+                stored = self._stored_fares(list(dict.fromkeys(f.fare_id for m in messages for f in m.fares)))
             seen_msgs = self._seen_messages(messages)
             fare_rows: list[tuple[Any, ...]] = []
             charge_rows: list[list[Any]] = []
@@ -580,7 +581,7 @@ class PostgresLedger(CloudLedger):
             # Exclusive: waits until every ingest transaction in flight has committed (or rolled
             # back); ingests that start meanwhile wait behind it, so none holds a lower seq.
             self.conn.execute("SELECT pg_advisory_xact_lock(60063)")
-            return int(self.execute("SELECT COALESCE(MAX(seq), 0) FROM fares")[0][0])
+            return super().committed_horizon()
 
 
 def open_ledger(url: str, rules: FaresConfig | None = None) -> CloudLedger:
