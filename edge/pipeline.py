@@ -243,12 +243,10 @@ class BusPipeline:
         if self.regions is not None:
             tracks = [scale_rect(t.rect, 1.0 / factor) for t in self.tracker.tracks.values()]
             regions = self.regions.plan(small, tracks)
-        if regions is None:
-            dets = self.engine.detect(small, self.cfg.upsample, "hog")
-        elif regions:
-            dets = self.engine.hog.detect(small, self.cfg.upsample, regions=regions)
-        else:
-            dets = []
+        if regions == []:  # nothing moved and no live track: nothing to scan
+            return []
+        # regions None: the whole frame
+        dets = self.engine.hog.detect(small, self.cfg.upsample, regions=regions)
         return [scale_rect(d.rect, factor) for d in dets]
 
     def _door_face(self, seen: list, shape: tuple[int, ...]):
