@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/accuracy.py [--models DIR] [--faces DIR]
 
-Photos: every image in ``tests/fixtures/faces`` whose MANIFEST.tsv identity names exactly one
+Photos: every image in ``facefare/demo/data`` whose MANIFEST.tsv identity names exactly one
 person (no ``+``, no ``unnamed``, no video) and in which *both* pipelines find exactly one face
 (HOG, upsampled once: face_recognition's defaults). Both sides encode that face with their own
 ``face_encodings`` (5-point landmarks, one jitter).
@@ -139,7 +139,7 @@ def histogram(p: Pairs, title: str, width: float = 0.05, bar: int = 40) -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=None, help="converted models (default: the config's)")
-    parser.add_argument("--faces", type=Path, default=ROOT / "tests" / "fixtures" / "faces")
+    parser.add_argument("--faces", type=Path, default=ROOT / "facefare" / "demo" / "data")
     args = parser.parse_args()
 
     with warnings.catch_warnings():

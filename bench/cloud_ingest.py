@@ -5,7 +5,7 @@ Starts a real Mosquitto (TLS, ACL) and a real PostgreSQL with the project's own 
 the consumer's persistent session while it is away. Then, timed from the moment the consumer
 connects until the last fare is committed:
 
-* **service**: :class:`cloud_sync.service.CloudService` as ``facefare cloud run`` runs it: every
+* **service**: :class:`cloud_sync.cloud.service.CloudService` as ``facefare cloud run`` runs it: every
   message verified (schema, signature, freshness, replay), fares deduplicated and written with
   COPY in one transaction per batch of messages, a signed ack per message after the commit;
 * **naive**: the same verification, then one ``INSERT`` per fare and per charge entry, each in
@@ -42,13 +42,13 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cloud_sync import protocol  # noqa: E402
-from cloud_sync.broker import Mosquitto  # noqa: E402
-from cloud_sync.cloud_ledger import ENTRY_COLUMNS, STORED_FARE_COLUMNS, open_ledger  # noqa: E402
+from cloud_sync.cloud.ledger import ENTRY_COLUMNS, STORED_FARE_COLUMNS, open_ledger  # noqa: E402
+from cloud_sync.cloud.service import SUBSCRIPTIONS, CloudConfig, CloudService  # noqa: E402
+from cloud_sync.devservers.broker import Mosquitto  # noqa: E402
+from cloud_sync.devservers.postgres import Postgres  # noqa: E402
 from cloud_sync.mqtt import MqttConfig, connect, make_client, wait_connected  # noqa: E402
-from cloud_sync.postgres import Postgres  # noqa: E402
 from cloud_sync.protocol import Envelope, Fare, Fares, topic_for  # noqa: E402
-from cloud_sync.service import SUBSCRIPTIONS, CloudConfig, CloudService  # noqa: E402
-from edge.ledger import epoch_ms  # noqa: E402
+from edge.fares.record import epoch_ms  # noqa: E402
 
 BUSES = ("bus-1", "bus-2", "bus-3")
 T0 = datetime(2025, 3, 3, 5, 0, tzinfo=UTC)

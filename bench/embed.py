@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from edge.face_engine import FaceEngine  # noqa: E402
-from edge.images import load_image_file  # noqa: E402
-from edge.pipeline import resize_for_detection, scale_rect  # noqa: E402
+from edge.faces.engine import FaceEngine  # noqa: E402
+from edge.faces.geometry import scale_rect  # noqa: E402
+from edge.faces.images import load_image_file, resize_for_detection  # noqa: E402
 
 IMAGES = ["obama-240p.jpg", "obama-480p.jpg", "obama-720p.jpg", "obama-1080p.jpg"]
 STAGES = ["decode", "detect", "landmarks", "align", "embed"]
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--models", type=Path, default=None, help="converted models (default: config)")
     parser.add_argument("--detect-side", type=int, default=640, help="bus setting: longest side for detection")
-    parser.add_argument("--faces", type=Path, default=ROOT / "tests" / "fixtures" / "faces")
+    parser.add_argument("--faces", type=Path, default=ROOT / "facefare" / "demo" / "data")
     args = parser.parse_args()
 
     with warnings.catch_warnings():

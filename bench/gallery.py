@@ -3,8 +3,8 @@
 Each figure races FaceFare against a naive way of doing the same job, measured in the same run:
 
 1. **Match** over synthetic galleries of 10,000, 100,000 and 1,000,000 templates (two per rider):
-   ``enrollment.fast_match.QuantizedGallery`` (int8 pre-filter with a proven error bound, exact
-   float32 re-rank) against brute force ``edge.matcher.Gallery`` (float32 over every template);
+   ``edge.faces.fast_match.QuantizedGallery`` (int8 pre-filter with a proven error bound, exact
+   float32 re-rank) against brute force ``edge.faces.match.Gallery`` (float32 over every template);
    the time of the float32 dot products alone (``X @ q``, one BLAS call) is shown for reference.
    Every query's answer (rider, distance, margin) is compared with brute force; the run fails if
    one differs. Queries: half genuine (a rider's template plus noise, distance ~0.35), half
@@ -41,16 +41,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cloud_sync.gallery.bus import BusGallery  # noqa: E402
 from cloud_sync.protocol import generate_key, topic_for  # noqa: E402
-from edge.matcher import Gallery  # noqa: E402
-from enrollment.bus_gallery import BusGallery  # noqa: E402
+from edge.faces.fast_match import QuantizedGallery  # noqa: E402
+from edge.faces.match import Gallery  # noqa: E402
 from enrollment.distribution import GalleryDistributor  # noqa: E402
-from enrollment.fast_match import QuantizedGallery  # noqa: E402
 from enrollment.store import RiderRecord, TemplateStore  # noqa: E402
 
 DIM = 128
 MODEL = "0" * 64
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
+FIXTURES = Path(__file__).resolve().parent.parent / "facefare" / "demo" / "data"
 
 
 def synthetic(n_riders: int, per_rider: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +210,7 @@ def bench_delta(n_riders: int, tmp: Path, naive_sample: int) -> dict:
 
 
 def bench_enroll(tmp: Path, repeats: int) -> dict:
-    from edge.face_engine import FaceEngine
+    from edge.faces.engine import FaceEngine
     from enrollment.config import EnrollmentConfig
     from enrollment.enroll import Enroller
     from facefare.config import load_config

@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.fares import FaresConfig, Outcome, format_money  # noqa: E402
-from edge.ledger import FARE_COLUMNS, MIGRATIONS, Ledger  # noqa: E402
+from edge.fares.ledger import MIGRATIONS, Ledger  # noqa: E402
+from edge.fares.record import FARE_COLUMNS  # noqa: E402
+from edge.fares.rules import FaresConfig, Outcome, format_money  # noqa: E402
 
 DAY0 = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
 ROUTES = {"1": 200, "4": 250, "7": 250, "12": 250, "15": 300, "33": 300, "X1": 400, "X9": 400}

@@ -2,13 +2,13 @@
 
     .venv/bin/python bench/pipeline.py [--models DIR]
 
-* FaceFare: the bus node (``edge.node.BusNode``: camera, pipeline and ledger threads) on every
+* FaceFare: the bus node (``edge.door.node.BusNode``: camera, pipeline and ledger threads) on every
   frame: detect at 640 px, track, gates, embed only for tracks that passed the gates, match,
   decide, charge into a ledger file. Its gallery is loaded from templates enrolled beforehand in
   another process, as on a bus, which holds templates only. It runs with the default
   ``detect_regions="motion"`` (HOG scans only regions around motion and live tracks, the whole
   frame every ``full_detect_every`` frames or when those regions would cover most of it; see
-  ``edge.motion``).
+  ``edge.door.motion``).
 * FaceFare, whole frames: the same node with ``detect_regions="full"`` (HOG scans every whole
   frame, as before motion gating), so that the gain of the regions is measured in the same run;
   the two must make the same decisions.
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIP = ROOT / "tests" / "fixtures" / "faces" / "short_hamilton_clip.mp4"
+CLIP = ROOT / "facefare" / "demo" / "data" / "short_hamilton_clip.mp4"
 
 
 def _peak_rss_mb() -> float:
@@ -49,7 +49,7 @@ def _peak_rss_mb() -> float:
 
 def _engine(models: str | None):
     sys.path.insert(0, str(ROOT))
-    from edge.face_engine import FaceEngine
+    from edge.faces.engine import FaceEngine
     from facefare.config import load_config
 
     cfg = load_config(None)
@@ -62,7 +62,7 @@ def run_enroll(models: str | None, templates: Path) -> dict:
     """Enroll the fixture riders (the operator's job, not the bus's) and save their templates."""
     import numpy as np
 
-    from edge.demo import enroll_gallery
+    from facefare.demo.photos import enroll_gallery
 
     gallery = enroll_gallery(_engine(models))
     np.savez(templates, rider_ids=np.asarray(gallery.rider_ids, dtype=str), embeddings=gallery.embeddings)
@@ -74,11 +74,11 @@ def run_ours(models: str | None, templates: Path, regions: str = "motion") -> di
 
     import numpy as np
 
-    from edge.fares import FaresConfig
-    from edge.ledger import Ledger
-    from edge.matcher import Gallery
-    from edge.node import BusNode
-    from edge.pipeline import BusPipeline, PipelineConfig
+    from edge.door.node import BusNode
+    from edge.door.pipeline import BusPipeline, PipelineConfig
+    from edge.faces.match import Gallery
+    from edge.fares.ledger import Ledger
+    from edge.fares.rules import FaresConfig
     from hardware.cameras import VideoFileSource
 
     engine = _engine(models)
@@ -118,7 +118,7 @@ def run_peer(scale: float) -> dict:
         warnings.simplefilter("ignore")
         import face_recognition as fr
 
-    known = [fr.face_encodings(fr.load_image_file(ROOT / "tests/fixtures/faces/lin_manuel_miranda.png"))[0]]
+    known = [fr.face_encodings(fr.load_image_file(ROOT / "facefare/demo/data/lin_manuel_miranda.png"))[0]]
     cap = cv2.VideoCapture(str(CLIP))
     per_frame = []
     with_face = 0

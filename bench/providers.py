@@ -3,7 +3,7 @@
     .venv/bin/python bench/providers.py [--providers cpu,cuda,tensorrt] [--threads N] [--repeat 20]
                                         [--tolerance 1e-3] [--json FILE] [--models DIR]
 
-The aligned face chips of the fixture photos (tests/fixtures/faces, detected and aligned once on
+The aligned face chips of the fixture photos (facefare/demo/data, detected and aligned once on
 CPU) are embedded on every provider asked for. For each one it reports the provider onnxruntime
 really used (a silent fallback to CPU is reported as such, not timed as a GPU), the largest
 absolute difference of any embedding component from the CPU embeddings, and the median time of
@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edge.embedder import FaceEmbedder  # noqa: E402
-from edge.face_engine import FaceEngine  # noqa: E402
-from edge.images import load_image_file  # noqa: E402
+from edge.faces.embedder import FaceEmbedder  # noqa: E402
+from edge.faces.engine import FaceEngine  # noqa: E402
+from edge.faces.images import load_image_file  # noqa: E402
 from hardware.providers import make_session  # noqa: E402
 
-FACES = ROOT / "tests" / "fixtures" / "faces"
+FACES = ROOT / "facefare" / "demo" / "data"
 PHOTOS = ["obama.jpg", "biden.jpg", "two_people.jpg", "kit_harington1.jpeg", "rose_leslie1.jpg", "alex_lacamoire1.jpg"]
 EXPECTED = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 

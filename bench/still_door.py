@@ -28,7 +28,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLIP = ROOT / "tests" / "fixtures" / "faces" / "short_hamilton_clip.mp4"
+CLIP = ROOT / "facefare" / "demo" / "data" / "short_hamilton_clip.mp4"
 
 
 def clip_frames() -> list[np.ndarray]:
@@ -39,8 +39,8 @@ def clip_frames() -> list[np.ndarray]:
 
 def time_ours(engine, scene: np.ndarray, frames: int, regions: str) -> float:
     """Mean ms per frame of a fresh pipeline fed ``scene`` ``frames`` times."""
-    from edge.matcher import Gallery
-    from edge.pipeline import BusPipeline, PipelineConfig
+    from edge.door.pipeline import BusPipeline, PipelineConfig
+    from edge.faces.match import Gallery
 
     pipe = BusPipeline(engine, Gallery([], np.zeros((0, 128), np.float32)), cfg=PipelineConfig(detect_regions=regions))
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=240, help="repetitions of each still frame (default 240)")
     parser.add_argument("--models", default=None)
     args = parser.parse_args()
-    from edge.face_engine import FaceEngine
+    from edge.faces.engine import FaceEngine
     from facefare.config import load_config
 
     engine = FaceEngine(args.models or load_config(None).models.dir, "cpu", 2)

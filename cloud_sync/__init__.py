@@ -1,3 +1,5 @@
-"""The cloud side and the wire between it and the buses: the MQTT protocol, the cloud ledger
-service that settles fares exactly once, gallery distribution to buses, and the fleet dashboard.
+"""Everything on the MQTT wire between the buses and the cloud: the protocol (``protocol``,
+``mqtt``), the bus's outbox sync (``bus_sync``), the cloud ledger (``cloud``), gallery
+distribution's format and bus end (``gallery``), keys at rest (``sealing``), the fleet
+dashboard (``dashboard``) and the test servers (``devservers``).
 """

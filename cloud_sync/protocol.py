@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
 
+from edge.fares.record import FARE_COLUMNS
+
 VERSION = 1
 PREFIX = f"facefare/v{VERSION}"
 #: Largest payload either side accepts, in bytes (before JSON parsing).
@@ -87,6 +89,10 @@ class Fare(Strict):
 
     def day(self) -> date:
         return date.fromisoformat(self.service_day)
+
+
+if tuple(Fare.model_fields) != FARE_COLUMNS:  # the wire carries exactly the record of edge.fares.record
+    raise ImportError(f"protocol.Fare fields {tuple(Fare.model_fields)} differ from FARE_COLUMNS {FARE_COLUMNS}")
 
 
 class Fares(Strict):

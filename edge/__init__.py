@@ -1,4 +1,9 @@
-"""The bus node: capture, detect, quality and smile gate, align, embed, match, decide, charge
-in a local ledger, give feedback, and queue fares in an outbox. Runs with numpy, OpenCV and
-onnxruntime only; never imports dlib. ``edge.faces`` is the small public face API.
+"""What runs on the bus without a network, in three parts:
+
+* ``edge.faces``: the face library (detect, landmarks, align, embed, match) with
+  face_recognition's public API, on numpy, OpenCV and onnxruntime only (never dlib);
+* ``edge.door``: the door's policy, from camera frames to one decision per rider;
+* ``edge.fares``: the money, from fare rules to the offline ledger and its outbox.
+
+``faces`` and ``fares`` stand alone; ``door`` uses both.
 """

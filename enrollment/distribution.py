@@ -5,7 +5,7 @@ revision) and its version chain. :meth:`GalleryDistributor.sync` compares that w
 should hold now (every active rider with templates of the current model, limited to the rider's
 ``buses`` when set) and publishes the difference as deltas ``base_version -> version``: erasures
 first, then additions and updates, cut so each delta fits one MQTT message. Each delta is sealed
-for that bus alone (``enrollment.delta``), signed with the cloud key and published with QoS 1,
+for that bus alone (``cloud_sync.gallery.delta``), signed with the cloud key and published with QoS 1,
 *retained* (the newest delta is the bus's "gallery head" after a reconnection).
 
 The history table ``gallery_log`` keeps, per bus and version, which riders changed and how, with no
@@ -29,6 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_sync.gallery.delta import derive_keys, op_size, put_op, seal_delta
 from cloud_sync.protocol import (
     CLOUD,
     MAX_PAYLOAD_BYTES,
@@ -41,7 +42,6 @@ from cloud_sync.protocol import (
     parse,
     topic_for,
 )
-from enrollment.delta import derive_keys, op_size, put_op, seal_delta
 from enrollment.store import TemplateStore, now_iso, seal, unseal
 
 log = logging.getLogger(__name__)

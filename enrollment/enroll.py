@@ -5,10 +5,10 @@ A photo is refused with a reason the operator can act on:
 ============== =================================================================
 reason         meaning
 ============== =================================================================
-unreadable     not an image, corrupt, empty or too large (edge.images' message)
+unreadable     not an image, corrupt, empty or too large (edge.faces.images' message)
 no_face        no face found
 several_faces  more than one face: the photo must show the rider alone
-too_small ...  a quality-gate reason of ``edge.quality`` (too small, outside the
+too_small ...  a quality-gate reason of ``edge.door.quality`` (too small, outside the
                frame, head turned, blurred, too dark, too bright)
 other_person   does not look like the rider's first accepted photo
 ============== =================================================================
@@ -34,11 +34,11 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from edge.images import ImageError, as_rgb, load_image_file
-from edge.matcher import Gallery
-from edge.pipeline import resize_for_detection, scale_rect
-from edge.quality import REASONS as QUALITY_REASONS
-from edge.quality import QualityConfig, assess
+from edge.door.quality import REASONS as QUALITY_REASONS
+from edge.door.quality import QualityConfig, assess
+from edge.faces.geometry import scale_rect
+from edge.faces.images import ImageError, as_rgb, load_image_file, resize_for_detection
+from edge.faces.match import Gallery
 from enrollment.config import EnrollmentConfig
 from enrollment.store import RiderRecord, StoreError, TemplateStore
 
@@ -92,7 +92,7 @@ class Enroller:
 
     def __init__(
         self,
-        engine: Any,  # edge.face_engine.FaceEngine
+        engine: Any,  # edge.faces.engine.FaceEngine
         store: TemplateStore,
         cfg: EnrollmentConfig | None = None,
         quality: QualityConfig | None = None,

@@ -18,13 +18,9 @@ biometric data: who did what to which rider id, when, with counts and bus ids.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
-import secrets
 import sqlite3
-import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -35,20 +31,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from edge.matcher import Gallery
+from cloud_sync.sealing import StoreError, create_key, load_key, seal, unseal  # noqa: F401 (re-exported)
+from edge.faces.match import Gallery
 
 log = logging.getLogger(__name__)
 
 DIM = 128
 RiderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-
-
-class StoreError(RuntimeError):
-    """The store or its key cannot be used, or an operation is not allowed (the message says why)."""
 
 
 class RiderRecord(BaseModel):
@@ -72,57 +63,6 @@ class Template:
     rider_id: str
     model_sha256: str
     embedding: np.ndarray  # (128,) float32
-
-
-# -- keys and sealing ------------------------------------------------------------------------
-
-
-def create_key(path: Path) -> bytes:
-    """Write a new random 256-bit key to ``path`` (base64, mode 0600); refuses to overwrite."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise StoreError(f"key file {path} already exists; not overwriting it") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(base64.b64encode(key).decode() + "\n")
-    return key
-
-
-def load_key(path: Path, *, create: bool = False) -> bytes:
-    """Read a 256-bit key file; refuse one that others can read. ``create``: make it if absent."""
-    path = Path(path)
-    if not path.exists():
-        if create:
-            log.info("created key file %s", path)
-            return create_key(path)
-        raise StoreError(f"key file {path} does not exist")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise StoreError(f"key file {path} has mode {mode:04o}; it must be readable by its owner only (chmod 600)")
-    try:
-        key = base64.b64decode(path.read_text().strip(), validate=True)
-    except ValueError:
-        raise StoreError(f"key file {path} is not base64") from None
-    if len(key) != 32:
-        raise StoreError(f"key file {path} holds {len(key)} bytes; a 256-bit key has 32")
-    return key
-
-
-def seal(key: bytes, data: bytes, aad: bytes) -> tuple[bytes, bytes]:
-    """AES-256-GCM: returns (nonce, ciphertext with tag)."""
-    nonce = secrets.token_bytes(12)
-    return nonce, AESGCM(key).encrypt(nonce, data, aad)
-
-
-def unseal(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-    """Open what :func:`seal` made; raises :class:`StoreError` if it was altered or bound elsewhere."""
-    try:
-        return AESGCM(key).decrypt(nonce, ciphertext, aad)
-    except InvalidTag:
-        raise StoreError("a sealed value does not open: altered, or bound to another rider, row or model") from None
 
 
 def _template_aad(rider_id: str, template_id: str, model: str) -> bytes:
@@ -205,11 +145,6 @@ class TemplateStore:
         """Open (or create) the store; the key file is created with it and must match it afterwards."""
         new = not Path(path).exists()
         return cls(path, load_key(key_file, create=new), keep_photos=keep_photos)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> TemplateStore:  # cfg: facefare.config.FacefareConfig
-        e = cfg.enrollment
-        return cls.open(e.path("store", cfg.data_dir), e.path("key_file", cfg.data_dir), keep_photos=e.keep_photos)
 
     def _check_key(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()

@@ -2,11 +2,11 @@
 
 ::
 
-    camera (hardware.cameras) -> BusNode (edge.node: pipeline thread, ledger thread) -> door feedback
-                                     |                                                (hardware.feedback)
-                                     +-> Ledger (edge.ledger) -> outbox -> BusSync (cloud_sync.publisher)
+    camera (hardware.cameras) -> BusNode (edge.door.node: pipeline thread, ledger thread) -> door feedback
+                                     |                                                (hardware.door)
+                                     +-> Ledger (edge.fares.ledger) -> outbox -> BusSync (cloud_sync.bus_sync)
                                                                           <- acks, gallery deltas (MQTT)
-    BusGallery (enrollment.bus_gallery): the encrypted templates the pipeline matches against;
+    BusGallery (cloud_sync.gallery.bus): the encrypted templates the pipeline matches against;
     deltas from the cloud replace it atomically.
 
 Fares flow one way, camera to cloud; gallery changes flow back. Charging never waits for the
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from facefare import wiring
 from facefare.config import FacefareConfig
 
 log = logging.getLogger(__name__)
@@ -49,24 +50,22 @@ def disk_status(path: Path, min_free_bytes: int) -> dict[str, Any]:
 
 def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | None = None) -> Any:
     """Run the bus until the camera ends, ``stop`` is set, or SIGTERM/SIGINT; returns the node's stats."""
-    from cloud_sync.publisher import sync_from_config
-    from edge.face_engine import FaceEngine
-    from edge.ledger import Ledger
-    from edge.node import BusNode
-    from edge.pipeline import BusPipeline
-    from enrollment.bus_gallery import BusGallery
+    from edge.door.messages import to_door
+    from edge.door.node import BusNode
+    from edge.door.pipeline import BusPipeline
     from hardware.cameras import camera_status, open_source
-    from hardware.feedback import open_feedback
+    from hardware.door import open_door
     from hardware.watchdog import Watchdog
 
     stop = stop or threading.Event()
-    engine = FaceEngine.from_config(cfg)
+    engine = wiring.face_engine(cfg)
     engine.verify_all()
-    gallery = BusGallery.from_config(cfg, engine.embedder_sha256)
-    ledger = Ledger.from_config(cfg)  # the ledger thread's connection
-    sync_ledger = Ledger.from_config(cfg)  # the sync thread's own connection (WAL: they never block charges)
+    gallery = wiring.bus_gallery(cfg, engine.embedder_sha256)
+    ledger = wiring.bus_ledger(cfg)  # the ledger thread's connection
+    sync_ledger = wiring.bus_ledger(cfg)  # the sync thread's own connection (WAL: they never block charges)
     source = source if source is not None else open_source(cfg.camera)
-    door = open_feedback(cfg.feedback)
+    door = open_door(cfg.feedback)
+    show = to_door(door)
     data_dir = Path(cfg.data_dir)
 
     def status() -> dict[str, Any]:
@@ -78,15 +77,15 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
             **disk_status(data_dir, cfg.ledger.min_free_bytes),
         }
 
-    sync = sync_from_config(cfg, sync_ledger, status_fields=status, configure=gallery.attach)
-    pipeline = BusPipeline(engine, gallery, None, cfg.pipeline, quality=cfg.quality, smile=cfg.smile)
+    sync = wiring.bus_sync(cfg, sync_ledger, status_fields=status, configure=gallery.attach)
+    pipeline = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile)
     last_frame = [time.monotonic()]
 
     def frame_done(frame: Any, decisions: list) -> None:
         last_frame[0] = time.monotonic()
 
     def feedback(fb: Any) -> None:
-        door(fb)
+        show(fb)
         if fb.decision is not None:
             sync.report_decision(decision_event(fb.decision))
 
@@ -131,10 +130,9 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
 
 def _drain(cfg: FacefareConfig, stop: threading.Event, timeout_s: float) -> int:
     """Wait until the outbox is empty (the cloud acknowledged every fare) or ``timeout_s``; rows left."""
-    from edge.ledger import Ledger
 
     end = time.monotonic() + timeout_s
-    with Ledger.from_config(cfg, readonly=True) as reader:
+    with wiring.bus_ledger(cfg, readonly=True) as reader:
         while True:
             left = len(reader.outbox())
             if left == 0 or time.monotonic() > end or stop.is_set():
@@ -146,7 +144,7 @@ def _drain(cfg: FacefareConfig, stop: threading.Event, timeout_s: float) -> int:
 
 
 def decision_event(d: Any) -> Any:
-    """The fleet's view of a door decision (``edge.pipeline.Decision``): who, what, why; never an image."""
+    """The fleet's view of a door decision (``edge.door.pipeline.DoorDecision``): who, what, why; never an image."""
     from cloud_sync.protocol import DecisionEvent
 
     fare = d.fare

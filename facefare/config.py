@@ -13,6 +13,7 @@ dotted name in the message::
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -21,18 +22,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cloud_sync.bus_sync import SyncConfig
+from cloud_sync.cloud.service import CloudConfig
 from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.mqtt import MqttConfig
-from cloud_sync.publisher import SyncConfig
-from cloud_sync.service import CloudConfig
-from edge.fares import FaresConfig
-from edge.ledger import LedgerConfig
-from edge.pipeline import PipelineConfig
-from edge.quality import QualityConfig
-from edge.smile import SmileConfig
+from edge.door.pipeline import PipelineConfig
+from edge.door.quality import QualityConfig
+from edge.door.smile import SmileConfig
+from edge.fares.ledger import LedgerConfig
+from edge.fares.rules import FaresConfig
 from enrollment.config import EnrollmentConfig
 from hardware.cameras import CameraConfig
-from hardware.feedback import FeedbackConfig
+from hardware.door import FeedbackConfig
+from models.manifest import default_models_dir
 
 ENV_PREFIX = "FACEFARE_"
 
@@ -44,11 +46,6 @@ def default_data_dir() -> Path:
         return Path(home)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "facefare"
-
-
-def default_models_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "facefare" / "models"
 
 
 class Section(BaseModel):
@@ -67,10 +64,15 @@ class ModelsConfig(Section):
 class EdgeConfig(Section):
     """The bus node's face pipeline."""
 
-    detector: Literal["hog", "cnn"] = Field("hog", description="Face detector: numpy HOG or the MMOD CNN (ONNX)")
-    upsample: int = Field(0, ge=0, le=3, description="Times to upsample a frame before detection")
+    detector: Literal["hog", "cnn"] = Field(
+        "hog", description="Face detector of the bus pipeline and 'faces locate': numpy HOG or the MMOD CNN (ONNX)"
+    )
+    upsample: int = Field(0, ge=0, le=3, description="'faces locate': times to upsample a photo before detection")
     landmarks: Literal["small", "large"] = Field(
-        "small", description="5-point (small) or 68-point (large, non-commercial licence) landmarks"
+        "small", description="Landmarks the bus aligns faces with: 5-point (small) or 68-point (large, non-commercial)"
+    )
+    embedder: Literal["dlib_resnet"] = Field(
+        "dlib_resnet", description="Face embedding model: dlib's ResNet (128-d, CC0) converted to ONNX"
     )
     providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("cpu", description="onnxruntime execution provider")
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads")
@@ -85,7 +87,7 @@ class FacefareConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Field(default_factory=default_data_dir, description="State of this process (ledger, keys...)")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least severe log level shown")
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
     fares: FaresConfig = Field(default_factory=FaresConfig)
@@ -150,3 +152,61 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> FacefareCon
         return FacefareConfig(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
+
+
+# -- the example file ----------------------------------------------------------------------
+
+#: Keys whose default depends on the machine (home directory, installed packages): commented out.
+_MACHINE_DEFAULTS = {"data_dir", "models.dir", "models.source", "ledger.bus_id"}
+
+
+def _toml_value(value: Any) -> str:
+    """One TOML value: strings as JSON strings (valid TOML basic strings), lists inline, dicts as inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _key_line(key: str, dotted: str, field: Any, value: Any) -> list[str]:
+    lines = [f"# {field.description}"] if field.description else []
+    if dotted in _MACHINE_DEFAULTS:
+        lines.append(f"# {key} = ...  (default: depends on the machine, as described above)")
+    elif value is None:
+        lines.append(f"# {key} = ...  (default: not set)")
+    else:
+        lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def example_toml() -> str:
+    """``facefare.example.toml``: every key of :class:`FacefareConfig` with its default and description."""
+    defaults = FacefareConfig.model_construct()
+    out = [
+        "# FaceFare configuration: every key, with its default and what it means. Every key is optional.",
+        "# Generated from facefare/config.py ('facefare config example'); a test keeps the two in step.",
+        "# Any key can be overridden from the environment: FACEFARE_<SECTION>__<KEY>, e.g.",
+        "#   FACEFARE_EDGE__DETECTOR=cnn facefare demo",
+        "",
+    ]
+    sections = []
+    for name, field in FacefareConfig.model_fields.items():
+        value = getattr(defaults, name)
+        if isinstance(value, BaseModel):
+            sections.append((name, value))
+        else:
+            out += _key_line(name, name, field, value)
+    for name, section in sections:
+        doc = (type(section).__doc__ or "").strip().splitlines()
+        out += ["", f"[{name}]"] + [f"# {line}".rstrip() for line in doc[:1]]
+        for key, field in type(section).model_fields.items():
+            out += _key_line(key, f"{name}.{key}", field, getattr(section, key))
+    return "\n".join(out) + "\n"

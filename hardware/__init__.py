@@ -1,3 +1,4 @@
-"""What touches the physical bus: camera sources, onnxruntime execution-provider choice (CPU,
-CUDA, TensorRT), door feedback (console, LED, buzzer, display) and deployment files.
+"""What touches the physical bus: camera sources (``cameras``), onnxruntime execution-provider
+choice (``providers``: CPU, CUDA, TensorRT), door outputs (``door``: console, LEDs and buzzer,
+display) and the systemd watchdog (``watchdog``). Imports nothing else of the project.
 """

@@ -20,11 +20,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models.artifacts import sha256_file
+from models.manifest import ARTIFACT_NAMES, CONVERTER_VERSION, MANIFEST, ArtifactError
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = "1"
-MANIFEST = "manifest.json"
 
 LICENCE_CC0 = "CC0-1.0 (dlib-models, trained by Davis King)"
 LICENCE_IBUG = (
@@ -32,10 +31,6 @@ LICENCE_IBUG = (
     "get your own licence before using the 68-point model commercially"
 )
 LICENCE_DLIB = "Boost Software License 1.0 (shipped inside dlib)"
-
-
-class ArtifactError(RuntimeError):
-    """An artefact is missing, altered, or the manifest does not describe it."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +82,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("shape_predictor_68.npz", "shape_predictor_68_face_landmarks.dat", _shape, LICENCE_IBUG),
     Artifact("hog_detector.npz", None, _hog, LICENCE_DLIB),
 )
+assert tuple(a.name for a in ARTIFACTS) == ARTIFACT_NAMES, "models.manifest.ARTIFACT_NAMES is out of step"
 
 
 def default_source_dir() -> Path:
@@ -129,46 +125,3 @@ def convert_all(out_dir: Path, source_dir: Path | None = None, progress: bool = 
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp_manifest.replace(out_dir / MANIFEST)
     return manifest
-
-
-def load_manifest(models_dir: Path) -> dict:
-    path = Path(models_dir) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"no {MANIFEST} in {models_dir}: run 'facefare models convert' first")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("converter_version") != CONVERTER_VERSION:
-        raise ArtifactError(
-            f"{path} was written by converter version {manifest.get('converter_version')!r}, "
-            f"this code needs {CONVERTER_VERSION!r}: run 'facefare models convert' again"
-        )
-    return manifest
-
-
-def verify(models_dir: Path, names: list[str] | None = None) -> dict:
-    """Check artefacts (all, or ``names``) against the manifest; raise :class:`ArtifactError` if not."""
-    models_dir = Path(models_dir)
-    manifest = load_manifest(models_dir)
-    entries = manifest["artifacts"]
-    wanted = names if names is not None else [a.name for a in ARTIFACTS]
-    problems = []
-    for name in wanted:
-        entry = entries.get(name)
-        path = models_dir / name
-        if entry is None:
-            problems.append(f"{name}: not listed in the manifest")
-        elif not path.is_file():
-            problems.append(f"{name}: missing from {models_dir}")
-        elif (digest := sha256_file(path)) != entry["sha256"]:
-            problems.append(f"{name}: sha256 {digest[:16]}... differs from the manifest's {entry['sha256'][:16]}...")
-    if problems:
-        raise ArtifactError("model artefacts failed verification:\n  " + "\n  ".join(problems))
-    return manifest
-
-
-def verified_path(models_dir: Path, name: str) -> Path:
-    """The path of artefact ``name`` after checking it against the manifest."""
-    verify(models_dir, [name])
-    return Path(models_dir) / name

@@ -1,4 +1,4 @@
-"""Convert dlib's HOG frontal face detector into a plain ``.npz`` that :mod:`edge.hog` can run.
+"""Convert dlib's HOG frontal face detector into a plain ``.npz`` that :mod:`edge.faces.hog` can run.
 
 At conversion time dlib is available: :func:`convert_hog` asks it for
 ``dlib.get_frontal_face_detector()``, saves that detector with dlib's own serialiser, and parses
@@ -116,7 +116,7 @@ def parse_fhog_detector(data: bytes, name: str = "<detector>") -> dict:
 
 
 def detector_arrays(parsed: dict) -> dict[str, np.ndarray]:
-    """The arrays :class:`edge.hog.HogDetector` loads, from :func:`parse_fhog_detector`'s output."""
+    """The arrays :class:`edge.faces.hog.HogDetector` loads, from :func:`parse_fhog_detector`'s output."""
     rows, cols = parsed["fhog_rows"], parsed["fhog_cols"]
     size = rows * cols
     arrays: dict[str, np.ndarray] = {}

@@ -4,7 +4,7 @@ The ONNX graph (:func:`models.onnx_export.export_mmod`) only holds the convoluti
 score map into boxes the edge also needs the input pyramid settings (mean colour, paddings), the
 loss options (detector window size, NMS thresholds) and the receptive-field geometry that maps a
 score-map cell back to a point of the network's input tensor. :func:`mmod_params_from_network`
-collects those into a dict that the converter writes beside the ONNX file; :mod:`edge.mmod` reads it.
+collects those into a dict that the converter writes beside the ONNX file; :mod:`edge.faces.mmod` reads it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def min_input_size(layers: list[Layer | Wrapper]) -> list[int]:
 
 
 def mmod_params_from_network(net: Network) -> dict:
-    """JSON-ready parameters of an MMOD detector network for :class:`edge.mmod.MmodDetector`."""
+    """JSON-ready parameters of an MMOD detector network for :class:`edge.faces.mmod.MmodDetector`."""
     if net.loss.kind != "loss_mmod":
         raise ValueError(f"not an MMOD network (loss {net.loss.kind})")
     if net.input.kind != "input_rgb_image_pyramid":

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/measure_quality.py
 
 For every tracked face of ``short_hamilton_clip.mp4`` and the largest face of every photo in
-tests/fixtures/faces/, prints the distribution (min / p10 / median / p90 / max) of eye distance,
+facefare/demo/data/, prints the distribution (min / p10 / median / p90 / max) of eye distance,
 yaw, pitch, sharpness and brightness, and which reasons the default ``QualityConfig`` gives.
 """
 
@@ -18,15 +18,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.face_engine import FaceEngine  # noqa: E402
-from edge.images import load_image_file  # noqa: E402
-from edge.pipeline import resize_for_detection, scale_rect  # noqa: E402
-from edge.quality import QualityConfig, assess  # noqa: E402
-from edge.tracker import IouTracker  # noqa: E402
+from edge.door.quality import QualityConfig, assess  # noqa: E402
+from edge.door.tracker import IouTracker  # noqa: E402
+from edge.faces.engine import FaceEngine  # noqa: E402
+from edge.faces.geometry import scale_rect  # noqa: E402
+from edge.faces.images import load_image_file, resize_for_detection  # noqa: E402
 from facefare.config import load_config  # noqa: E402
 from hardware.cameras import VideoFileSource  # noqa: E402
 
-FACES = ROOT / "tests" / "fixtures" / "faces"
+FACES = ROOT / "facefare" / "demo" / "data"
 FIELDS = ("eye_distance", "yaw", "pitch", "sharpness", "brightness")
 
 

@@ -1,22 +1,33 @@
-"""Shared fixtures: the fixture photos and one verified set of converted models per test run."""
+"""Shared fixtures: the fixture photos, one verified set of converted models per run, the clip's
+enrolled templates, and (from tests/servers.py) real Mosquitto and PostgreSQL servers.
+
+Each folder is a kind of test, marked by its folder: ``unit`` (fast, no servers), ``parity``
+(against dlib and face_recognition, the 'reference' extra), ``integration`` (real Mosquitto,
+PostgreSQL, Chromium, processes killed mid-write) and ``e2e`` (whole processes, end to end).
+Select with ``-m``, e.g. ``pytest -m unit``.
+"""
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures" / "faces"
+from tests.helpers import ENROLL, FIXTURES
 
-# Real Mosquitto and PostgreSQL servers started by the project's code (fixtures in tests/servers.py).
 pytest_plugins = ["tests.servers"]
 
+KINDS = ("unit", "parity", "integration", "e2e")
 
-def fixture_identities() -> dict[str, str]:
-    with open(FIXTURES / "MANIFEST.tsv", newline="") as fh:
-        return {r["file"]: r["identity"] for r in csv.DictReader(fh, delimiter="\t")}
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for kind in KINDS:
+            if kind in parts:
+                item.add_marker(getattr(pytest.mark, kind))
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +39,8 @@ def faces_dir() -> Path:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The converted models of this machine (scripts/setup.sh makes them), converted here if absent."""
     from facefare.config import load_config
-    from models.convert import ArtifactError, convert_all, verify
+    from models.convert import convert_all
+    from models.manifest import ArtifactError, verify
 
     path = load_config(os.environ.get("FACEFARE_CONFIG")).models.dir
     try:
@@ -44,3 +56,24 @@ def engine(models_dir: Path):
     from edge import faces
 
     return faces.use_models(models_dir)
+
+
+@pytest.fixture(scope="session")
+def face_engine(models_dir: Path):
+    """A face engine of its own (HOG, 5-point landmarks), for the door pipeline tests."""
+    from edge.faces.engine import FaceEngine
+
+    return FaceEngine(models_dir)
+
+
+@pytest.fixture(scope="session")
+def templates(face_engine, faces_dir: Path) -> dict[str, np.ndarray]:
+    """One template per rider of :data:`tests.helpers.ENROLL`, from their enrollment photo."""
+    from edge.faces.images import load_image_file
+
+    out = {}
+    for rider, name in ENROLL.items():
+        img = load_image_file(faces_dir / name)
+        rect = max(face_engine.detect(img, 1, "hog"), key=lambda d: d.rect.area).rect
+        out[rider] = face_engine.embed(face_engine.chips(img, face_engine.landmarks(img, [rect], "small")))[0]
+    return out

@@ -23,8 +23,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from cloud_sync.broker import BrokerError, Mosquitto, find_mosquitto
-from cloud_sync.postgres import Postgres, PostgresError, find_bindir
+from cloud_sync.devservers.broker import BrokerError, Mosquitto, find_mosquitto
+from cloud_sync.devservers.postgres import Postgres, PostgresError, find_bindir
 
 INSTALL = "run scripts/install-servers.sh as root (scripts/test.sh does) to install it"
 BUSES = ("bus-1", "bus-2", "bus-3")

@@ -4,7 +4,7 @@
 :func:`cloud_sync.protocol.parse` accepted (:meth:`FleetState.apply`) and the topics of those it
 refused (:meth:`FleetState.reject`); the web app asks it for a JSON-ready :meth:`FleetState.snapshot`.
 Every method takes the time as ``now_ms`` so tests can drive the clock. Money stays integer
-minor units per currency; only the snapshot adds display strings (``edge.fares.format_money``).
+minor units per currency; only the snapshot adds display strings (``edge.fares.rules.format_money``).
 No face image ever reaches this model: the protocol has no field for one.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.protocol import REJECT_REASONS, DecisionEvent, Envelope, Fares, Heartbeat, Offline, bus_of_topic
-from edge.fares import FaresConfig, format_money, service_day
+from edge.fares.rules import FaresConfig, format_money, service_day
 
 #: Refusals that mean someone tried to speak for a bus (as opposed to a broken or late message).
 FORGERY_REASONS = frozenset({"signature", "unknown_sender", "topic", "replay"})

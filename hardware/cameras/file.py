@@ -7,7 +7,7 @@ usable rate); ``mono`` and ``wall`` are when the frame was read.
 Corrupt frames: a frame whose decode failed (the capture reported a frame but returned no
 pixels) is **yielded** as ``Frame(index, ts, image=None)`` with a WARNING log line, so the
 consumer sees the gap and the frame numbering stays aligned with the file. The pipeline skips
-such a frame (``edge.images.as_rgb`` refuses ``None``) and goes on. The end of the file is
+such a frame (``edge.faces.images.as_rgb`` refuses ``None``) and goes on. The end of the file is
 detected by ``CAP_PROP_FRAME_COUNT`` when the container gives one, otherwise by
 ``max_bad_frames`` decode failures in a row.
 """

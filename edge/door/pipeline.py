@@ -1,0 +1,314 @@
+"""The bus-door pipeline: camera frames in, at most one fare decision per boarding rider out.
+
+Per frame::
+
+    as_rgb -> detect (on a copy scaled to ``detect_side`` px longest side; boxes scaled back;
+              with ``detect_regions="motion"`` HOG scans only the regions edge.door.motion plans:
+              motion and live tracks, the whole frame every ``full_detect_every`` frames)
+      -> IouTracker -> the door-zone face (the largest face whose centre is in the zone; two faces
+         of similar size in the zone -> "One at a time please", nothing else happens)
+      -> 5-point landmarks -> aligned chip -> quality gate -> smile gate
+      -> embed, only once the smile gate has passed for this track and the frame passes quality
+      -> match against the Gallery: a vote counts when distance <= match_threshold and the
+         margin to the next rider >= min_margin; ``agree_frames`` votes for the same rider
+         in a row make a charge
+      -> one DoorDecision per track (charge / refuse / see_driver); a charge is recorded by the
+         node's ledger thread (edge.door.node), the only code that charges.
+
+An unknown face never charges: ``agree_frames`` frames in a row that match nobody (or nobody
+unambiguously) give a refusal; ``max_match_frames`` embedded frames without agreement give
+"see the driver". Frames that fail ``as_rgb`` (None, wrong shape, wrong dtype) are skipped with
+a WARNING and the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.door.motion import MotionMask, RegionPlanner
+from edge.door.quality import QualityConfig, assess
+from edge.door.smile import SmileConfig, SmileGate, SmileState
+from edge.door.tracker import IouTracker
+from edge.faces.geometry import Rect, scale_rect
+from edge.faces.images import ImageError, as_rgb, resize_for_detection
+from edge.faces.landmarks import five_points
+from edge.faces.match import Gallery, Match
+
+if TYPE_CHECKING:
+    from edge.faces.engine import FaceEngine
+    from edge.fares.ledger import FareDecision
+
+log = logging.getLogger(__name__)
+
+
+class PipelineConfig(BaseModel):
+    """The ``[pipeline]`` section: matching and detection settings of the door pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match_threshold: float = Field(
+        0.5, gt=0, description="Largest embedding distance that counts as a match (clip: Lin 0.31-0.50, others >=0.69)"
+    )
+    min_margin: float = Field(0.1, ge=0, description="Second-best rider's distance minus the best, at least")
+    agree_frames: int = Field(3, ge=1, description="Consecutive matching frames of one track naming the same rider")
+    max_match_frames: int = Field(15, ge=1, description="Embedded frames without agreement before 'see the driver'")
+    detect_side: int = Field(640, ge=80, description="Detection runs on a copy scaled to this longest side")
+    upsample: int = Field(0, ge=0, le=2, description="HOG detector upsampling")
+    detect_regions: Literal["motion", "full"] = Field(
+        "motion",
+        description="'motion': HOG scans only regions around motion and live tracks (see edge.door.motion), "
+        "the whole frame now and then; 'full': the whole frame every frame",
+    )
+    full_detect_every: int = Field(
+        12, ge=1, description="With 'motion': scan the whole frame every this many frames (and on the first)"
+    )
+    motion_width: int = Field(160, ge=16, description="Width in px of the grey copy the motion mask is computed on")
+    motion_threshold: int = Field(
+        25, ge=1, le=255, description="Grey-level difference from the running average that counts as motion"
+    )
+    region_margin: float = Field(
+        0.5, ge=0, description="A motion or track box is widened on each side by this fraction of its size"
+    )
+    region_min_margin: int = Field(
+        100, ge=0, description="A motion or track box is widened on each side by at least this many detection-scale px"
+    )
+    max_region_fraction: float = Field(
+        0.6, gt=0, le=1, description="Regions covering more than this fraction of the frame: scan it whole"
+    )
+    door_zone: tuple[float, float, float, float] = Field(
+        (0.0, 0.0, 1.0, 1.0),
+        description="left, top, right, bottom as fractions of the frame; a face's centre must lie in it",
+    )
+    similar_area: float = Field(
+        0.8, gt=0, le=1, description="Two zone faces with this area ratio or more: one at a time please"
+    )
+    route_id: str = Field("1", min_length=1, description="Route charged for boardings")
+    trip_id: str = Field("trip", min_length=1, description="Trip id used in fare ids")
+
+
+Action = Literal["charge", "refuse", "see_driver"]
+
+MESSAGES = {
+    "crowded": "One at a time please",
+    "smile": "Smile to pay",
+    "unknown": "Sorry, we do not recognise you: please see the driver",
+    "ambiguous": "Sorry, we could not confirm who you are: please see the driver",
+    "frozen": "Please see the driver",
+    "attempts": "Please see the driver",
+}
+
+
+@dataclass(frozen=True)
+class DoorDecision:
+    """The pipeline's one final word on a track."""
+
+    track_id: int
+    frame_index: int
+    ts: float
+    action: Action
+    rider_id: str | None
+    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts" or the ledger's refusal reason
+    message: str
+    distance: float | None = None
+    margin: float | None = None
+    fare: FareDecision | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What the door tells the rider: a prompt (``decision`` None) or a final decision."""
+
+    track_id: int | None
+    message: str
+    decision: DoorDecision | None = None
+
+
+@dataclass
+class TrackState:
+    smile: SmileState = field(default_factory=SmileState)
+    armed: bool = False  # the smile gate passed: identity may now be checked
+    votes: list[Match] = field(default_factory=list)
+    embedded: int = 0
+    decided: DoorDecision | None = None
+    last_prompt: str = ""
+
+
+class BusPipeline:
+    def __init__(
+        self,
+        engine: FaceEngine,
+        gallery: Gallery,
+        cfg: PipelineConfig | None = None,
+        *,
+        quality: QualityConfig | None = None,
+        smile: SmileConfig | None = None,
+        feedback: Callable[[Feedback], None] | None = None,
+        tracker: IouTracker | None = None,
+    ) -> None:
+        self.engine = engine
+        self.gallery = gallery
+        self.cfg = cfg or PipelineConfig()
+        self.quality_cfg = quality or QualityConfig()
+        self.smile_gate = SmileGate(smile or SmileConfig())
+        self.feedback = feedback or (lambda fb: None)
+        self.tracker = tracker or IouTracker()
+        c = self.cfg
+        self.regions: RegionPlanner | None = None
+        if c.detect_regions == "motion":
+            motion = MotionMask(c.motion_width, c.motion_threshold)
+            self.regions = RegionPlanner(
+                c.full_detect_every, c.region_margin, c.region_min_margin, c.max_region_fraction, motion
+            )
+        self.states: dict[int, TrackState] = {}
+        self.decisions: list[DoorDecision] = []
+        self.skipped_frames = 0
+        self.processed_frames = 0
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def run(self, frames: Iterable) -> Iterator[DoorDecision]:
+        """Process ``Frame`` objects (``index``, ``ts``, ``image``); yield decisions as they are made."""
+        for frame in frames:
+            yield from self.process(frame.image, frame.ts, frame.index)
+
+    def process(self, image: object, ts: float, index: int = -1) -> list[DoorDecision]:
+        """One frame; returns the decisions made on it (usually none)."""
+        try:
+            rgb = as_rgb(image)  # type: ignore[arg-type]
+        except ImageError as exc:
+            self.skipped_frames += 1
+            log.warning("frame %d skipped: %s", index, exc)
+            return []
+        self.processed_frames += 1
+        rects = self._detect(rgb)
+        seen, ended = self.tracker.update(rects, ts)
+        for track in ended:
+            self.states.pop(track.id, None)
+        candidate = self._door_face(seen, rgb.shape)
+        if candidate is None:
+            return []
+        if candidate == "crowded":
+            for track in seen:
+                self._prompt(track.id, "crowded")
+            return []
+        track = candidate
+        st = self.states.setdefault(track.id, TrackState())
+        if st.decided is not None:
+            return []
+        decision = self._step(rgb, track.id, track.rect, st, ts, index)
+        if decision is None:
+            return []
+        st.decided = decision
+        self.decisions.append(decision)
+        self.feedback(Feedback(track.id, decision.message, decision))
+        return [decision]
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _detect(self, rgb: np.ndarray) -> list[Rect]:
+        small, factor = resize_for_detection(rgb, self.cfg.detect_side)
+        regions = None
+        if self.regions is not None:
+            tracks = [scale_rect(t.rect, 1.0 / factor) for t in self.tracker.tracks.values()]
+            regions = self.regions.plan(small, tracks)
+        if regions == []:  # nothing moved and no live track: nothing to scan
+            return []
+        # regions None: the whole frame
+        dets = self.engine.detect(small, self.cfg.upsample, regions=regions)
+        return [scale_rect(d.rect, factor) for d in dets]
+
+    def _door_face(self, seen: list, shape: tuple[int, ...]):
+        """The largest track whose box centre is in the door zone, ``"crowded"``, or None."""
+        h, w = shape[:2]
+        zl, zt, zr, zb = self.cfg.door_zone
+        in_zone = [
+            t
+            for t in seen
+            if zl * w <= (t.rect.left + t.rect.right) / 2 <= zr * w
+            and zt * h <= (t.rect.top + t.rect.bottom) / 2 <= zb * h
+        ]
+        if not in_zone:
+            return None
+        in_zone.sort(key=lambda t: t.rect.area, reverse=True)
+        if len(in_zone) > 1 and in_zone[1].rect.area > self.cfg.similar_area * in_zone[0].rect.area:
+            return "crowded"
+        return in_zone[0]
+
+    def _step(
+        self, rgb: np.ndarray, tid: int, rect: Rect, st: TrackState, ts: float, index: int
+    ) -> DoorDecision | None:
+        cfg = self.cfg
+        landmarks = self.engine.landmarks(rgb, [rect])
+        chip = self.engine.chips(rgb, landmarks)[0]
+        q = assess(five_points(landmarks[0]), chip, rect, rgb.shape, self.quality_cfg)
+        if not q.ok:
+            self._prompt(tid, q.reasons[0], q.message)
+            return None
+        if not st.armed:
+            result = self.smile_gate.update(st.smile, chip, ts)
+            if result.frozen:
+                return self._decide(tid, index, ts, "see_driver", None, "frozen")
+            if result.exhausted:
+                return self._decide(tid, index, ts, "see_driver", None, "attempts")
+            if not result.passed:
+                self._prompt(tid, "smile")
+                return None
+            st.armed = True
+            log.info("track %d: smile gate passed at frame %d (score %.0f)", tid, index, result.score)
+        embedding = self.engine.embed(chip[None])[0]
+        match = self.gallery.match(embedding)
+        st.embedded += 1
+        st.votes.append(match)
+        recent = st.votes[-cfg.agree_frames :]
+        if len(recent) == cfg.agree_frames:
+            good = [m for m in recent if self._accepts(m)]
+            if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
+                best = min(good, key=lambda m: m.distance)
+                return self._charge(tid, index, ts, best)
+            if not any(m.distance <= cfg.match_threshold for m in recent):
+                worst = min(recent, key=lambda m: m.distance)
+                return self._decide(tid, index, ts, "refuse", None, "unknown", worst)
+        if st.embedded >= cfg.max_match_frames:
+            return self._decide(tid, index, ts, "see_driver", None, "ambiguous", st.votes[-1])
+        return None
+
+    def _accepts(self, m: Match) -> bool:
+        return m.rider_id is not None and m.distance <= self.cfg.match_threshold and m.margin >= self.cfg.min_margin
+
+    def _charge(self, tid: int, index: int, ts: float, m: Match) -> DoorDecision:
+        """Whom to charge; the node's ledger thread records the fare and words the final message."""
+        assert m.rider_id is not None
+        return self._decide(tid, index, ts, "charge", m.rider_id, "matched", m, message=f"Matched {m.rider_id}")
+
+    def _decide(
+        self,
+        tid: int,
+        index: int,
+        ts: float,
+        action: Action,
+        rider_id: str | None,
+        reason: str,
+        m: Match | None = None,
+        *,
+        fare: FareDecision | None = None,
+        message: str | None = None,
+    ) -> DoorDecision:
+        d = DoorDecision(
+            tid, index, ts, action, rider_id, reason, message or MESSAGES.get(reason, reason),
+            m.distance if m else None, m.margin if m else None, fare,
+        )  # fmt: skip
+        log.info("track %d frame %d: %s %s (%s)", tid, index, action, rider_id or "-", reason)
+        return d
+
+    def _prompt(self, tid: int, key: str, message: str | None = None) -> None:
+        st = self.states.setdefault(tid, TrackState())
+        text = message or MESSAGES[key]
+        if st.decided is None and text != st.last_prompt:
+            st.last_prompt = text
+            self.feedback(Feedback(tid, text))

@@ -1,0 +1,243 @@
+"""The photo demo: enroll one photo per person from the shipped photos, identify all others.
+
+Writes ``contact_sheet.jpg`` (each photo with boxes and names) and ``summary.tsv`` to the output
+folder, and returns the rows so the CLI can print them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge import faces
+from edge.faces.images import ImageError
+from facefare import wiring
+
+log = logging.getLogger(__name__)
+
+#: The shipped photos and clip (package data; see data/README.md for their sources and licence).
+FIXTURES = Path(__file__).resolve().parent / "data"
+ENROLL = {
+    "obama": "obama.jpg",
+    "biden": "biden.jpg",
+    "kit_harington": "kit_harington1.jpeg",
+    "rose_leslie": "rose_leslie1.jpg",
+    "alex_lacamoire": "alex_lacamoire2.jpg",
+    "lin_manuel_miranda": "lin_manuel_miranda.png",
+}
+THRESHOLD = 0.6
+
+
+@dataclass
+class Row:
+    file: str
+    expected: str
+    found: str
+    distance: float
+
+
+def read_manifest(folder: Path = FIXTURES) -> dict[str, str]:
+    with open(folder / "MANIFEST.tsv", newline="") as fh:
+        return {r["file"]: r["identity"] for r in csv.DictReader(fh, delimiter="\t")}
+
+
+def _thumb(img: np.ndarray, boxes, names, height: int = 240) -> np.ndarray:
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    for (top, right, bottom, left), name in zip(boxes, names, strict=True):
+        colour = (0, 200, 0) if name != "unknown" else (0, 0, 230)
+        cv2.rectangle(bgr, (left, top), (right, bottom), colour, max(2, img.shape[0] // 200))
+        cv2.putText(bgr, name, (left, max(15, top - 6)), cv2.FONT_HERSHEY_SIMPLEX, max(0.5, img.shape[0] / 600),
+                    colour, max(1, img.shape[0] // 300))
+    scale = height / bgr.shape[0]
+    return cv2.resize(bgr, (max(1, int(bgr.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+
+
+def run_photo_demo(cfg, out: Path, folder: Path = FIXTURES) -> list[Row]:
+    """Run the demo with the configuration ``cfg``; returns one row per face found."""
+    faces.use_models(cfg.models.dir, cfg.edge.providers, cfg.edge.threads)
+    faces.engine().verify_all()
+    identities = read_manifest(folder)
+    gallery = enroll_gallery(faces.engine(), folder, cfg.edge.detector)
+    rows: list[Row] = []
+    thumbs = []
+    for file in sorted(identities):
+        if file.endswith(".mp4") or file in ENROLL.values():
+            continue
+        try:
+            img = faces.load_image_file(folder / file)
+        except ImageError as exc:
+            log.warning("skipping %s: %s", file, exc)
+            continue
+        locs = faces.face_locations(img, 1, cfg.edge.detector)
+        found = []
+        for code in faces.face_encodings(img, locs):
+            match = gallery.match(code)
+            who = match.rider_id if match.distance <= THRESHOLD else "unknown"
+            found.append(who)
+            rows.append(Row(file, identities[file], who, match.distance))
+        if not locs:
+            rows.append(Row(file, identities[file], "no face", float("nan")))
+        thumbs.append(_thumb(img, locs, found))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_sheet(thumbs, out / "contact_sheet.jpg")
+    with open(out / "summary.tsv", "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["file", "expected", "found", "distance"])
+        for r in rows:
+            writer.writerow([r.file, r.expected, r.found, f"{r.distance:.3f}"])
+    for r in rows:
+        log.info("%-26s expected %-28s found %-20s distance %.3f", r.file, r.expected, r.found, r.distance)
+    return rows
+
+
+def _write_sheet(thumbs: list[np.ndarray], path: Path, per_row: int = 5) -> None:
+    if not thumbs:
+        return
+    width = max(t.shape[1] for t in thumbs)
+    padded = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT) for t in thumbs]
+    blank = np.zeros_like(padded[0])
+    while len(padded) % per_row:
+        padded.append(blank)
+    rows = [np.hstack(padded[i : i + per_row]) for i in range(0, len(padded), per_row)]
+    cv2.imwrite(str(path), np.vstack(rows))
+
+
+# -- the demo bus on the shipped clip --------------------------------------------------------
+
+CLIP = FIXTURES / "short_hamilton_clip.mp4"
+
+
+def enroll_gallery(engine, folder: Path = FIXTURES, detector: str = "hog"):
+    """A Gallery with one template per rider of ``ENROLL``, from their photo in ``folder``."""
+    from edge.faces.match import Gallery
+
+    ids, codes = [], []
+    for rider, file in ENROLL.items():
+        img = faces.load_image_file(folder / file)
+        found = engine.detect(img, 1, detector)
+        if len(found) != 1:
+            raise RuntimeError(f"enrollment photo {file} must show exactly one face, found {len(found)}")
+        codes.append(engine.embed(engine.chips(img, engine.landmarks(img, [found[0].rect], "small")))[0])
+        ids.append(rider)
+    return Gallery(ids, np.stack(codes))
+
+
+def provision_demo_gallery(engine, folder: Path, out: Path, bus_id: str = "demo-bus"):
+    """The demo bus's gallery, made the way a real bus gets one: the operator enrolls the riders of
+    ``ENROLL`` into the encrypted template store; the cloud seals, signs and sends the bus its
+    gallery deltas; the bus checks and applies them into its own encrypted store (``BusGallery``).
+    Only the MQTT broker in between is left out: the delta bytes go straight to the bus.
+    """
+    from cloud_sync.gallery.bus import BusGallery
+    from cloud_sync.protocol import generate_key
+    from enrollment.distribution import GalleryDistributor
+    from enrollment.enroll import Enroller
+    from enrollment.store import RiderRecord, TemplateStore
+
+    for name in ("store.db", "store.key", "gallery.db", "gallery.db-wal", "gallery.db-shm"):
+        (out / name).unlink(missing_ok=True)
+    store = TemplateStore.open(out / "store.db", out / "store.key")
+    enroller = Enroller(engine, store)
+    for rider, file in ENROLL.items():
+        result = enroller.enroll(RiderRecord(rider_id=rider, display_name=rider.replace("_", " ").title()),
+                                 [(file, folder / file)])  # fmt: skip
+        if result.status != "enrolled":
+            raise RuntimeError(f"demo enrollment of {rider} from {file} failed: {result.message}")
+    cloud_key, bus_key = generate_key(), generate_key()
+    dist = GalleryDistributor(store, cloud_key, engine.embedder_sha256)
+    secret = dist.register_bus(bus_id)
+    gallery = BusGallery(out / "gallery.db", bus_id, secret, engine.embedder_sha256, cloud_key.public_key(),
+                         bus_key=bus_key)  # fmt: skip
+    dist.publish = lambda topic, payload: gallery.handle(topic, payload)
+    dist.sync(bus_id)
+    store.close()
+    gallery.refresh()
+    if sorted(gallery.riders) != sorted(ENROLL):
+        raise RuntimeError(f"the demo bus holds {sorted(gallery.riders)}, expected {sorted(ENROLL)}")
+    return gallery
+
+
+def run_bus_demo(cfg, out: Path, clip: Path = CLIP, folder: Path = FIXTURES) -> dict:
+    """Enroll the fixture riders, play ``clip`` through the bus pipeline into a fresh ledger.
+
+    The bus matches against templates only, from its encrypted gallery (``provision_demo_gallery``).
+
+    Writes ``demo_bus.mp4`` (boxes, track ids, smile score, decisions), ``decisions.jpg``
+    (the frame of each decision) and ``decisions.tsv``; returns a summary dict.
+    """
+    from edge.door.node import BusNode
+    from edge.door.pipeline import BusPipeline, Feedback
+    from edge.fares.ledger import Ledger
+    from edge.fares.rules import FaresConfig
+    from hardware.cameras import VideoFileSource
+
+    engine = wiring.face_engine(cfg)
+    engine.verify_all()
+    out.mkdir(parents=True, exist_ok=True)
+    gallery = provision_demo_gallery(engine, folder, out)
+    ledger_path = out / "ledger.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(ledger_path) + suffix).unlink(missing_ok=True)
+    rules = cfg.fares if cfg.fares.routes else FaresConfig(routes={cfg.pipeline.route_id: 250})
+    ledger = Ledger(ledger_path, rules, bus_id="demo-bus")
+    labels: dict[int, str] = {}
+
+    def door(fb: Feedback) -> None:
+        log.info("door: track %s: %s", fb.track_id, fb.message)
+        if fb.decision is not None:
+            d = fb.decision
+            labels[d.track_id] = f"{d.action}: {d.rider_id or d.reason}"
+
+    pipe = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile)
+    writer = None
+    shots = []
+
+    def annotate(frame, decisions) -> None:
+        nonlocal writer
+        if frame.image is None:
+            return
+        bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+        for d in decisions:
+            labels.setdefault(d.track_id, f"{d.action}: {d.rider_id or d.reason}")
+        for track in pipe.tracker.tracks.values():
+            if track.missed:
+                continue
+            st = pipe.states.get(track.id)
+            score = st.smile.scores[-1] if st and st.smile.scores else None
+            text = labels.get(track.id) or (f"#{track.id} smile {score:.0f}" if score is not None else f"#{track.id}")
+            colour = (0, 200, 0) if text.startswith("charge") else (0, 0, 230) if ":" in text else (230, 180, 0)
+            r = track.rect
+            cv2.rectangle(bgr, (r.left, r.top), (r.right, r.bottom), colour, 2)
+            cv2.putText(bgr, text, (r.left, max(14, r.top - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+        cv2.putText(bgr, f"frame {frame.index}", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        if writer is None:
+            h, w = bgr.shape[:2]
+            writer = cv2.VideoWriter(str(out / "demo_bus.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, (w, h))
+        writer.write(bgr)
+        if decisions:
+            shots.append(bgr.copy())
+
+    # The bus node's three threads (camera, pipeline, ledger); a file is played without dropping frames.
+    node = BusNode(pipe, ledger, feedback=door, drop_frames=False, on_frame=annotate)
+    stats = node.run(VideoFileSource(clip))
+    if writer is not None:
+        writer.release()
+    if shots:
+        _write_sheet([cv2.resize(s, (s.shape[1] // 2, s.shape[0] // 2)) for s in shots], out / "decisions.jpg", 3)
+    with open(out / "decisions.tsv", "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["frame", "track", "action", "rider", "reason", "distance", "margin", "message"])
+        for d in sorted(stats.decisions, key=lambda d: d.frame_index):
+            w.writerow([d.frame_index, d.track_id, d.action, d.rider_id or "", d.reason,
+                        "" if d.distance is None else f"{d.distance:.3f}",
+                        "" if d.margin is None else f"{d.margin:.3f}", d.message])
+    fares = ledger.db.execute("SELECT rider_id, amount_minor, currency FROM fares").fetchall()
+    ledger.close()
+    gallery.close()
+    return {"decisions": stats.decisions, "fares": fares, "frames": pipe.processed_frames,
+            "skipped": pipe.skipped_frames, "out": out}

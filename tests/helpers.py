@@ -1,0 +1,49 @@
+"""Constants and small builders that several test modules share (test modules never import each other)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from edge.faces.match import Gallery
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The face photos and clip, shipped as the demo's data (facefare/demo/data/README.md).
+FIXTURES = ROOT / "facefare" / "demo" / "data"
+CLIP = "short_hamilton_clip.mp4"
+#: One enrollment photo per rider of the clip tests.
+ENROLL = {
+    "lin": "lin_manuel_miranda.png",
+    "obama": "obama.jpg",
+    "biden": "biden.jpg",
+    "rose": "rose_leslie1.jpg",
+    "kit": "kit_harington1.jpeg",
+    "alex": "alex_lacamoire2.jpg",
+}
+
+
+def fixture_identities() -> dict[str, str]:
+    with open(FIXTURES / "MANIFEST.tsv", newline="") as fh:
+        return {r["file"]: r["identity"] for r in csv.DictReader(fh, delimiter="\t")}
+
+
+def make_gallery(templates: dict[str, np.ndarray], riders: list[str]) -> Gallery:
+    return Gallery(riders, np.stack([templates[r] for r in riders]))
+
+
+def reference(module: str) -> ModuleType:
+    """Import a reference package (dlib, face_recognition, ...) of the 'reference' extra.
+
+    On a developer's machine without it the test is skipped; in CI (``CI`` set) a missing
+    reference package fails the test, so parity is never silently left unchecked.
+    """
+    if os.environ.get("CI"):
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -1,0 +1,143 @@
+"""The project's Mosquitto broker: TLS only, one password per user, and the ACL that fences each bus in."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from cloud_sync import mqtt
+from cloud_sync.devservers.broker import Mosquitto, cert_pem, generate_ca
+from cloud_sync.protocol import topic_for
+from tests.servers import Inbox
+
+
+def test_tls_with_the_broker_ca_connects(mosquitto: Mosquitto) -> None:
+    cfg = mosquitto.config_for("bus-1")
+    assert cfg.password_file is not None and oct(cfg.password_file.stat().st_mode & 0o777) == "0o600"
+    client = mqtt.connect(cfg, "bus-1", timeout_s=5)
+    assert client.is_connected()
+    client.disconnect()
+    client.loop_stop()
+    # The certificate names localhost too, and the host name is checked against it.
+    client = mqtt.connect(cfg.model_copy(update={"host": "localhost"}), "bus-1", timeout_s=5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_plaintext_is_refused(mosquitto: Mosquitto) -> None:
+    cfg = mosquitto.config_for("bus-1").model_copy(update={"tls": False})
+    with pytest.raises(mqtt.MqttConnectError):
+        mqtt.connect(cfg, "bus-1", timeout_s=3)
+
+
+def test_a_broker_signed_by_another_ca_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(cert_pem(generate_ca("Someone else's CA")[1]))
+    cfg = mosquitto.config_for("bus-1").model_copy(update={"ca_file": other})
+    with pytest.raises(mqtt.MqttConnectError, match="TLS handshake"):
+        mqtt.connect(cfg, "bus-1", timeout_s=3)
+
+
+def test_wrong_password_and_unknown_user_are_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not-the-password\n")
+    cfg = mosquitto.config_for("bus-1").model_copy(update={"password_file": wrong})
+    with pytest.raises(mqtt.MqttConnectError, match="refused 'bus-1'"):
+        mqtt.connect(cfg, "bus-1", timeout_s=3)
+    stranger = cfg.model_copy(update={"username": "bus-9"})
+    with pytest.raises(mqtt.MqttConnectError, match="refused 'bus-9'"):
+        mqtt.connect(stranger, "bus-9", timeout_s=3)
+
+
+def test_acl_fences_each_bus_in(mosquitto: Mosquitto) -> None:
+    seen_by = {name: Inbox() for name in ("cloud", "dashboard", "bus-1", "bus-2")}
+    clients = {}
+    for name, inbox in seen_by.items():
+        client = mqtt.make_client(mosquitto.config_for(name), name, clean_start=True)
+        client.on_message = inbox.on_message
+        mqtt.wait_connected(client, timeout_s=5)
+        clients[name] = client
+    try:
+        mqtt.subscribe(clients["cloud"], [("facefare/v1/#", 1)])
+        mqtt.subscribe(clients["dashboard"], [("facefare/v1/#", 1)])
+        for bus in ("bus-1", "bus-2"):
+            mqtt.subscribe(clients[bus], [(topic_for("gallery", "bus-1"), 1), (topic_for("gallery", "bus-2"), 1)])
+
+        bus1 = clients["bus-1"]
+        # Denied publishes first: QoS 1 keeps order, so once the allowed one arrives they would have too.
+        bus1.publish(topic_for("fares", "bus-2"), b"forged", qos=1).wait_for_publish(5)
+        bus1.publish(topic_for("ack", "bus-1"), b"self-ack", qos=1).wait_for_publish(5)
+        bus1.publish(topic_for("fares", "bus-1"), b"mine", qos=1).wait_for_publish(5)
+        assert seen_by["cloud"].wait_for(topic_for("fares", "bus-1")).payload == b"mine"
+        assert seen_by["dashboard"].wait_for(topic_for("fares", "bus-1")).payload == b"mine"
+        assert seen_by["cloud"].topics() == [topic_for("fares", "bus-1")]
+
+        # A gallery for bus-2 reaches bus-2 only, although bus-1 subscribed to it too.
+        cloud = clients["cloud"]
+        cloud.publish(topic_for("gallery", "bus-2"), b"for bus-2", qos=1).wait_for_publish(5)
+        cloud.publish(topic_for("gallery", "bus-1"), b"for bus-1", qos=1).wait_for_publish(5)
+        assert seen_by["bus-2"].wait_for(topic_for("gallery", "bus-2")).payload == b"for bus-2"
+        assert seen_by["bus-1"].wait_for(topic_for("gallery", "bus-1")).payload == b"for bus-1"
+        assert seen_by["bus-1"].topics() == [topic_for("gallery", "bus-1")]
+        assert seen_by["bus-2"].topics() == [topic_for("gallery", "bus-2")]
+
+        # The dashboard reads the buses' topics, not the cloud's galleries, and cannot publish.
+        clients["dashboard"].publish(topic_for("ack", "bus-1"), b"dash", qos=1).wait_for_publish(5)
+        cloud.publish(topic_for("heartbeat", "bus-3"), b"hb", qos=1).wait_for_publish(5)
+        assert seen_by["dashboard"].wait_for(topic_for("heartbeat", "bus-3")).payload == b"hb"
+        seen_by["cloud"].wait_for(topic_for("heartbeat", "bus-3"))  # so the dashboard's publish had its chance
+        assert topic_for("gallery", "bus-1") not in seen_by["dashboard"].topics()
+        assert topic_for("ack", "bus-1") not in seen_by["cloud"].topics()
+    finally:
+        for client in clients.values():
+            client.disconnect()
+            client.loop_stop()
+
+
+def test_restart_keeps_a_persistent_session_and_its_queued_message(mosquitto: Mosquitto) -> None:
+    acks = topic_for("ack", "bus-1")
+    bus = mqtt.connect(mosquitto.config_for("bus-1"), "bus-1", timeout_s=5)
+    mqtt.subscribe(bus, [(acks, 1)])
+    bus.disconnect()
+    bus.loop_stop()
+
+    cloud = mqtt.connect(mosquitto.config_for("cloud"), "cloud", clean_start=True, timeout_s=5)
+    cloud.publish(acks, b"ack while the bus is away", qos=1).wait_for_publish(5)
+    cloud.disconnect()
+    cloud.loop_stop()
+
+    port = mosquitto.port
+    mosquitto.restart()
+    assert mosquitto.port == port
+
+    inbox = Inbox()
+    bus = mqtt.make_client(mosquitto.config_for("bus-1"), "bus-1")
+    bus.on_message = inbox.on_message
+    mqtt.wait_connected(bus, timeout_s=5)
+    try:
+        assert inbox.wait_for(acks).payload == b"ack while the bus is away"
+    finally:
+        bus.disconnect()
+        bus.loop_stop()
+
+
+def test_a_lost_bus_gets_its_last_will_published(mosquitto: Mosquitto) -> None:
+    status = topic_for("offline", "bus-3")
+    inbox = Inbox()
+    cloud = mqtt.make_client(mosquitto.config_for("cloud"), "cloud", clean_start=True)
+    cloud.on_message = inbox.on_message
+    mqtt.wait_connected(cloud, timeout_s=5)
+    mqtt.subscribe(cloud, [(status, 1)])
+    bus = mqtt.connect(mosquitto.config_for("bus-3"), "bus-3", will=(status, b"gone", 1, True), timeout_s=5)
+    try:
+        bus.loop_stop()
+        sock = bus.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)  # the connection dies without a DISCONNECT packet
+        msg = inbox.wait_for(status)
+        assert msg.payload == b"gone"
+    finally:
+        cloud.disconnect()
+        cloud.loop_stop()

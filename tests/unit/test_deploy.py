@@ -1,0 +1,108 @@
+"""Deployment files (deploy/, scripts/install-bus.sh, scripts/check-aarch64-deps.sh) are complete and valid."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "deploy" / "facefare-bus.service"
+
+
+def unit_keys(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit as {section: {key: [values...]}} (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_unit_has_watchdog_restart_state_dir_and_hardening() -> None:
+    unit = unit_keys(UNIT)
+    service = unit["Service"]
+    assert service["Type"] == ["notify"]
+    assert int(service["WatchdogSec"][0]) > 0
+    assert service["Restart"] == ["always"]
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+    assert service["StateDirectory"] == ["facefare"]
+    assert "/var/lib/facefare" in service["ReadWritePaths"][0].split()
+    assert "FACEFARE_HOME=/var/lib/facefare" in service["Environment"]
+    assert service["User"] == ["facefare"]
+    assert service["ProtectSystem"] == ["strict"]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "RestrictSUIDSGID"):
+        assert service[key] == ["yes"], key
+    assert service["CapabilityBoundingSet"] == [""]
+    assert "SupplementaryGroups" not in service  # a group missing on one board would stop the start
+    assert unit["Unit"]["RequiresMountsFor"] == ["/var/lib/facefare"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_the_unit_and_its_drop_in(tmp_path: Path) -> None:
+    # verify checks that ExecStart exists: point it at this Python instead of /opt/facefare/venv/bin/facefare.
+    text = UNIT.read_text().replace("/opt/facefare/venv/bin/facefare bus run", f"{sys.executable} -c pass")
+    assert text != UNIT.read_text()
+    (tmp_path / UNIT.name).write_text(text)
+    drop_in = tmp_path / f"{UNIT.name}.d"
+    drop_in.mkdir()
+    shutil.copy(ROOT / "deploy" / "readonly-root.conf", drop_in)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / UNIT.name)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Unknown key" not in result.stderr and "Unknown section" not in result.stderr, result.stderr
+
+
+def test_journald_and_logrotate_limits() -> None:
+    journald = configparser.ConfigParser()
+    journald.read(ROOT / "deploy" / "journald-facefare.conf")
+    assert journald["Journal"]["SystemMaxUse"] and journald["Journal"]["RuntimeMaxUse"]
+    rotate = (ROOT / "deploy" / "logrotate-facefare").read_text()
+    assert "/var/log/facefare/*.log" in rotate and "rotate 14" in rotate and "compress" in rotate
+
+
+def test_install_script_dry_run_creates_user_venv_and_enables_the_unit() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-bus.sh"), "--dry-run", "--gpio", "--readonly-root", "--start"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    steps = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
+    joined = "\n".join(steps)
+    assert "apt-get install -y --no-install-recommends python3-venv python3-gpiozero python3-lgpio" in joined
+    assert "--system-site-packages /opt/facefare/venv" in joined
+    assert "/etc/systemd/system/facefare-bus.service" in joined
+    assert "facefare-bus.service.d/readonly-root.conf" in joined
+    assert "/etc/logrotate.d/facefare" in joined and "journald.conf.d/facefare.conf" in joined
+    assert steps[-1] == "systemctl enable --now facefare-bus.service"
+    if subprocess.run(["id", "facefare"], capture_output=True).returncode != 0:
+        assert any(s.startswith("useradd --system") and s.endswith("facefare") for s in steps)
+
+
+def test_install_script_refuses_unknown_options() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-bus.sh"), "--dry-run", "--frobnicate"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2 and "unknown option --frobnicate" in result.stderr
+
+
+def test_scripts_parse() -> None:
+    for script in ("install-bus.sh", "check-aarch64-deps.sh", "gpu-check.sh"):
+        path = ROOT / "scripts" / script
+        assert path.stat().st_mode & 0o111, f"{script} is not executable"
+        result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
