@@ -104,11 +104,11 @@ def test_demo_dashboard_shows_what_the_demo_bus_charged(tmp_path: Path) -> None:
     """What ``facefare demo --dashboard`` does after the clip: the demo bus's ledger reaches the page."""
     from datetime import UTC, datetime
 
-    from facefare.demo import fleet as fleet_demo
     from edge.door.pipeline import DoorDecision
     from edge.fares.ledger import Ledger
     from edge.fares.rules import FaresConfig
     from facefare.config import load_config
+    from facefare.demo import fleet as fleet_demo
 
     cfg = load_config(None, dashboard={"port": 0}, fares={"routes": {"1": 250}})
     fleet, password = fleet_demo.start_demo_dashboard(cfg, tmp_path / "dashboard")
