@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cloud_sync import protocol  # noqa: E402
 from cloud_sync.cloud.ledger import ENTRY_COLUMNS, STORED_FARE_COLUMNS, open_ledger  # noqa: E402
 from cloud_sync.cloud.service import SUBSCRIPTIONS, CloudConfig, CloudService  # noqa: E402
-from cloud_sync.devservers.broker import Mosquitto  # noqa: E402
-from cloud_sync.devservers.postgres import Postgres  # noqa: E402
+from cloud_sync.devservers.mosquitto_server import MosquittoServer  # noqa: E402
+from cloud_sync.devservers.postgres_server import PostgresServer  # noqa: E402
 from cloud_sync.mqtt import MqttConfig, connect, make_client, wait_connected  # noqa: E402
 from cloud_sync.protocol import Envelope, Fare, Fares, topic_for  # noqa: E402
 from edge.fares.record import epoch_ms  # noqa: E402
@@ -86,7 +86,7 @@ def sign_messages(fares: list[Fare], keys: dict[str, Any]) -> list[tuple[str, by
     return out
 
 
-def queue_for(broker: Mosquitto, client_id: str, messages: list[tuple[str, bytes]]) -> None:
+def queue_for(broker: MosquittoServer, client_id: str, messages: list[tuple[str, bytes]]) -> None:
     """Make ``client_id``'s persistent session (subscribed), leave, then publish everything for it."""
     cloud_cfg = broker.config_for("cloud")
     sub = connect(cloud_cfg, client_id)
@@ -122,7 +122,7 @@ def wait_progress(count: Callable[[], int], total: int, desc: str, timeout_s: fl
     return time.perf_counter() - start
 
 
-def run_service(broker: Mosquitto, dsn: str, keys: dict[str, Any], messages: list[tuple[str, bytes]],
+def run_service(broker: MosquittoServer, dsn: str, keys: dict[str, Any], messages: list[tuple[str, bytes]],
                 total: int, settle_s: int, writers: int) -> tuple[float, float]:  # fmt: skip
     ledger = open_ledger(dsn)
     for bus, key in keys.items():
@@ -176,7 +176,7 @@ class NaiveConsumer:
             self.done += 1
 
 
-def run_naive(broker: Mosquitto, dsn: str, keys: dict[str, Any], messages: list[tuple[str, bytes]],
+def run_naive(broker: MosquittoServer, dsn: str, keys: dict[str, Any], messages: list[tuple[str, bytes]],
               total: int) -> float:  # fmt: skip
     open_ledger(dsn).close()  # the same schema, triggers and indexes
     queue_for(broker, "naive-bench", messages)
@@ -211,9 +211,9 @@ def main() -> None:
     service_msgs = sign_messages(make_fares(args.fares, 1), keys)
     naive_msgs = sign_messages(make_fares(args.naive_fares, 2), keys)
     pg_dir = Path(tempfile.mkdtemp(prefix="facefare-bench-pg-"))  # reachable by the postgres user when root
-    pg = Postgres(pg_dir)
+    pg = PostgresServer(pg_dir)
     try:
-        with Mosquitto(work / "mqtt", BUSES) as broker:
+        with MosquittoServer(work / "mqtt", BUSES) as broker:
             pg.start()
             service_s, settle_s = run_service(broker, pg.create_database("bench_service"), keys, service_msgs,
                                               args.fares, args.settle_interval, args.writers)  # fmt: skip

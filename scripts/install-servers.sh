@@ -2,8 +2,8 @@
 # Install the servers the tests and the demo start themselves (Mosquitto, PostgreSQL, Chromium)
 # from Debian's archive, as root. Safe to run again: it installs only what is missing.
 #
-# FaceFare never uses the system-wide instances Debian may start: cloud_sync.devservers.broker and
-# cloud_sync.devservers.postgres run their own processes on free loopback ports in a work directory. So that
+# FaceFare never uses the system-wide instances Debian may start: cloud_sync.devservers.mosquitto_server and
+# cloud_sync.devservers.postgres_server run their own processes on free loopback ports in a work directory. So that
 # no stray service starts at all, packages are installed under a policy-rc.d that forbids it.
 set -euo pipefail
 

@@ -23,8 +23,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from cloud_sync.devservers.broker import BrokerError, Mosquitto, find_mosquitto
-from cloud_sync.devservers.postgres import Postgres, PostgresError, find_bindir
+from cloud_sync.devservers.mosquitto_server import BrokerError, MosquittoServer, find_mosquitto
+from cloud_sync.devservers.postgres_server import PostgresError, PostgresServer, find_bindir
 
 INSTALL = "run scripts/install-servers.sh as root (scripts/test.sh does) to install it"
 BUSES = ("bus-1", "bus-2", "bus-3")
@@ -81,14 +81,14 @@ def _require_mosquitto() -> None:
 
 
 @pytest.fixture
-def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], Mosquitto]]:
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], MosquittoServer]]:
     """``make(buses, port=None) -> Mosquitto``: a started broker in a fresh work dir, stopped at teardown."""
     _require_mosquitto()
-    started: list[Mosquitto] = []
+    started: list[MosquittoServer] = []
     counter = itertools.count(1)
 
-    def make(buses: Sequence[str], port: int | None = None) -> Mosquitto:
-        broker = Mosquitto(tmp_path / f"mosquitto-{next(counter)}", buses, port=port)
+    def make(buses: Sequence[str], port: int | None = None) -> MosquittoServer:
+        broker = MosquittoServer(tmp_path / f"mosquitto-{next(counter)}", buses, port=port)
         started.append(broker)
         return broker.start()
 
@@ -98,13 +98,13 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], Mosq
 
 
 @pytest.fixture
-def mosquitto(mosquitto_factory: Callable[[Sequence[str]], Mosquitto]) -> Mosquitto:
+def mosquitto(mosquitto_factory: Callable[[Sequence[str]], MosquittoServer]) -> MosquittoServer:
     """A started broker with credentials for bus-1, bus-2, bus-3, cloud and dashboard."""
     return mosquitto_factory(BUSES)
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
+def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole test session (a fresh cluster in a temporary dir)."""
     try:
         find_bindir()
@@ -113,7 +113,7 @@ def postgres_server() -> Iterator[Postgres]:
     # Under /tmp, not pytest's tmp_path: as root the server runs as the OS user postgres, which
     # cannot enter pytest's private base directory.
     workdir = Path(tempfile.mkdtemp(prefix="facefare-pg-"))
-    server = Postgres(workdir)
+    server = PostgresServer(workdir)
     try:
         yield server.start()
     finally:
@@ -125,6 +125,6 @@ _databases = itertools.count(1)
 
 
 @pytest.fixture
-def postgres_dsn(postgres_server: Postgres) -> str:
+def postgres_dsn(postgres_server: PostgresServer) -> str:
     """The psycopg conninfo of a new, empty database for this test alone."""
     return postgres_server.create_database(f"test_{next(_databases)}")

@@ -27,7 +27,7 @@ from cloud_sync.dashboard.auth import Sessions, UserStore, load_secret
 from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.dashboard.feed import FleetFeed
 from cloud_sync.dashboard.state import FleetState
-from cloud_sync.devservers.broker import Mosquitto
+from cloud_sync.devservers.mosquitto_server import MosquittoServer
 from cloud_sync.protocol import (
     DecisionEvent,
     Envelope,
@@ -90,7 +90,7 @@ class BusPublisher:
 
 
 class DemoFleet:
-    """Mosquitto, the dashboard (broker feed, web server) and one :class:`BusPublisher` per bus.
+    """A Mosquitto, the dashboard (broker feed, web server) and one :class:`BusPublisher` per bus.
 
     Each bus gets a fresh Ed25519 key; the dashboard trusts exactly those keys."""
 
@@ -103,7 +103,7 @@ class DemoFleet:
         rules: FaresConfig | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        broker: Mosquitto | None = None,
+        broker: MosquittoServer | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.bus_ids = list(buses)
@@ -111,7 +111,7 @@ class DemoFleet:
         self.keys = {b: generate_key() for b in self.bus_ids}
         # A broker passed in (with credentials for these buses) is started and stopped by its owner.
         self.own_broker = broker is None
-        self.broker = broker or Mosquitto(self.workdir / "broker", self.bus_ids)
+        self.broker = broker or MosquittoServer(self.workdir / "broker", self.bus_ids)
         self.state = FleetState(self.config, rules, known_buses=self.bus_ids)
         public = {b: k.public_key() for b, k in self.keys.items()}
         self.feed = FleetFeed(self.state, public.get)

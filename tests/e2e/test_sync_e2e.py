@@ -1,4 +1,4 @@
-"""End to end: three buses, a real Mosquitto, a real PostgreSQL, the cloud service as a real process.
+"""End to end: three buses, a real MosquittoServer, a real PostgreSQL, the cloud service as a real process.
 
 Three buses charge 10,000 fares in total into their own SQLite ledgers while their
 :class:`BusSync` drains the outboxes over TLS. Meanwhile the broker is restarted twice and the
@@ -30,7 +30,7 @@ from cloud_sync import protocol
 from cloud_sync.bus_sync import BusSync
 from cloud_sync.cloud.ledger import open_ledger
 from cloud_sync.cloud.service import CloudService
-from cloud_sync.devservers.broker import Mosquitto
+from cloud_sync.devservers.mosquitto_server import MosquittoServer
 from cloud_sync.mqtt import connect
 from cloud_sync.protocol import Ack, Envelope, GalleryAck, GalleryDelta
 from edge.fares.ledger import Ledger
@@ -47,7 +47,7 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value)) if isinstance(value, str | Path) else json.dumps(value)
 
 
-def write_cloud_config(path: Path, dsn: str, key_file: Path, broker: Mosquitto) -> None:
+def write_cloud_config(path: Path, dsn: str, key_file: Path, broker: MosquittoServer) -> None:
     mqtt = broker.config_for("cloud").model_dump(exclude_none=True)
     mqtt["reconnect_max_s"] = 2
     lines = [f"data_dir = {_toml(path.parent)}", 'log_level = "INFO"', "[fares]",
@@ -82,7 +82,7 @@ class CloudProcess:
 class Bus(threading.Thread):
     """One bus: charges its share of fares into its ledger and syncs, in one thread."""
 
-    def __init__(self, bus_id: str, n: int, workdir: Path, broker: Mosquitto, cloud_key: Any, key: Any,
+    def __init__(self, bus_id: str, n: int, workdir: Path, broker: MosquittoServer, cloud_key: Any, key: Any,
                  stop: threading.Event) -> None:  # fmt: skip
         super().__init__(name=bus_id, daemon=True)
         self.bus_id, self.n, self.stop = bus_id, n, stop
@@ -132,7 +132,7 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
 
 
 def test_ten_thousand_fares_reach_the_cloud_exactly_once(
-    mosquitto: Mosquitto, postgres_dsn: str, tmp_path: Path
+    mosquitto: MosquittoServer, postgres_dsn: str, tmp_path: Path
 ) -> None:
     cloud_key_file = tmp_path / "cloud_key.pem"
     cloud_key = protocol.generate_key()
@@ -211,7 +211,7 @@ def test_ten_thousand_fares_reach_the_cloud_exactly_once(
     reader.close()
 
 
-def test_hooks_heartbeat_fields_gallery_routing_and_gallery_acks(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_hooks_heartbeat_fields_gallery_routing_and_gallery_acks(mosquitto: MosquittoServer, tmp_path: Path) -> None:
     """BusSync merges status_fields() into its retained heartbeat and routes verified ``gallery``
     messages to its handler; the cloud routes ``gallery_ack`` to its handler and keeps each bus's status."""
     cloud_key, bus_key = protocol.generate_key(), protocol.generate_key()
@@ -267,7 +267,9 @@ def test_hooks_heartbeat_fields_gallery_routing_and_gallery_acks(mosquitto: Mosq
         led.close()
 
 
-def test_after_days_away_a_stale_ack_is_refused_and_the_fare_sent_again(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_after_days_away_a_stale_ack_is_refused_and_the_fare_sent_again(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
     """An ack that waited days at the broker is outside the freshness window: the bus refuses it,
     keeps the fare, sends it again, and empties its outbox on the cloud's fresh ack."""
     cloud_key, bus_key = protocol.generate_key(), protocol.generate_key()

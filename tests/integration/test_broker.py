@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from cloud_sync import mqtt
-from cloud_sync.devservers.broker import Mosquitto, cert_pem, generate_ca
+from cloud_sync.devservers.mosquitto_server import MosquittoServer, cert_pem, generate_ca
 from cloud_sync.protocol import topic_for
 from tests.servers import Inbox
 
 
-def test_tls_with_the_broker_ca_connects(mosquitto: Mosquitto) -> None:
+def test_tls_with_the_broker_ca_connects(mosquitto: MosquittoServer) -> None:
     cfg = mosquitto.config_for("bus-1")
     assert cfg.password_file is not None and oct(cfg.password_file.stat().st_mode & 0o777) == "0o600"
     client = mqtt.connect(cfg, "bus-1", timeout_s=5)
@@ -26,13 +26,13 @@ def test_tls_with_the_broker_ca_connects(mosquitto: Mosquitto) -> None:
     client.loop_stop()
 
 
-def test_plaintext_is_refused(mosquitto: Mosquitto) -> None:
+def test_plaintext_is_refused(mosquitto: MosquittoServer) -> None:
     cfg = mosquitto.config_for("bus-1").model_copy(update={"tls": False})
     with pytest.raises(mqtt.MqttConnectError):
         mqtt.connect(cfg, "bus-1", timeout_s=3)
 
 
-def test_a_broker_signed_by_another_ca_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_a_broker_signed_by_another_ca_is_refused(mosquitto: MosquittoServer, tmp_path: Path) -> None:
     other = tmp_path / "other-ca.pem"
     other.write_bytes(cert_pem(generate_ca("Someone else's CA")[1]))
     cfg = mosquitto.config_for("bus-1").model_copy(update={"ca_file": other})
@@ -40,7 +40,7 @@ def test_a_broker_signed_by_another_ca_is_refused(mosquitto: Mosquitto, tmp_path
         mqtt.connect(cfg, "bus-1", timeout_s=3)
 
 
-def test_wrong_password_and_unknown_user_are_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_wrong_password_and_unknown_user_are_refused(mosquitto: MosquittoServer, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("not-the-password\n")
     cfg = mosquitto.config_for("bus-1").model_copy(update={"password_file": wrong})
@@ -51,7 +51,7 @@ def test_wrong_password_and_unknown_user_are_refused(mosquitto: Mosquitto, tmp_p
         mqtt.connect(stranger, "bus-9", timeout_s=3)
 
 
-def test_acl_fences_each_bus_in(mosquitto: Mosquitto) -> None:
+def test_acl_fences_each_bus_in(mosquitto: MosquittoServer) -> None:
     seen_by = {name: Inbox() for name in ("cloud", "dashboard", "bus-1", "bus-2")}
     clients = {}
     for name, inbox in seen_by.items():
@@ -96,7 +96,7 @@ def test_acl_fences_each_bus_in(mosquitto: Mosquitto) -> None:
             client.loop_stop()
 
 
-def test_restart_keeps_a_persistent_session_and_its_queued_message(mosquitto: Mosquitto) -> None:
+def test_restart_keeps_a_persistent_session_and_its_queued_message(mosquitto: MosquittoServer) -> None:
     acks = topic_for("ack", "bus-1")
     bus = mqtt.connect(mosquitto.config_for("bus-1"), "bus-1", timeout_s=5)
     mqtt.subscribe(bus, [(acks, 1)])
@@ -123,7 +123,7 @@ def test_restart_keeps_a_persistent_session_and_its_queued_message(mosquitto: Mo
         bus.loop_stop()
 
 
-def test_a_lost_bus_gets_its_last_will_published(mosquitto: Mosquitto) -> None:
+def test_a_lost_bus_gets_its_last_will_published(mosquitto: MosquittoServer) -> None:
     status = topic_for("offline", "bus-3")
     inbox = Inbox()
     cloud = mqtt.make_client(mosquitto.config_for("cloud"), "cloud", clean_start=True)

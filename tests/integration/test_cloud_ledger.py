@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from cloud_sync.cloud.ledger import CloudLedger, FaresMessage, Rejection, open_ledger
 from cloud_sync.cloud.settlement import GroupFare, refunds_for
-from cloud_sync.devservers.postgres import Postgres
+from cloud_sync.devservers.postgres_server import PostgresServer
 from cloud_sync.protocol import Fare
 from edge.fares.record import epoch_ms
 from edge.fares.rules import Boarding, FaresConfig, Outcome, PastFare, RiderState, quote, service_day
@@ -177,7 +177,7 @@ def test_settlement_waits_for_a_writer_that_commits_out_of_order(postgres_dsn: s
 
 def test_postgres_ledger_carries_on_after_a_server_restart() -> None:
     """The service retries a failed batch; the ledger reconnects, and the fare is applied once."""
-    server = Postgres(Path(tempfile.mkdtemp(prefix="facefare-pg-")))  # reachable by the postgres user
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="facefare-pg-")))  # reachable by the postgres user
     try:
         led = open_ledger(server.start().create_database("restart"), RULES)
         led.ingest([msg([make_fare("bus-1", "r1", T0, 250)])])

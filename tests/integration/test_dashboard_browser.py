@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cloud_sync.dashboard.config import DashboardConfig
-from cloud_sync.devservers.broker import Mosquitto
+from cloud_sync.devservers.mosquitto_server import MosquittoServer
 from cloud_sync.protocol import Envelope, Heartbeat, encode, generate_key, now_ms, topic_for
 from facefare.demo.fleet import DemoFleet
 from tests.servers import BUSES, chromium_path
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[DemoFleet]:
+def fleet(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[DemoFleet]:
     with DemoFleet(tmp_path, BUSES, config=DashboardConfig(offline_after_s=30), broker=mosquitto) as fleet:
         fleet.add_user("admin", "admin", "fleet admin pw")
         yield fleet

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from cloud_sync.devservers.broker import Mosquitto, free_port
+from cloud_sync.devservers.mosquitto_server import MosquittoServer, free_port
 from cloud_sync.protocol import generate_key, now_ms, public_key_text
 from facefare.cli import main
 from facefare.demo.fleet import BusPublisher
@@ -34,7 +34,7 @@ def wait_for(check, timeout_s: float = 15.0, what: str = "condition"):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_dashboard_run_serves_the_fleet_from_the_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def test_dashboard_run_serves_the_fleet_from_the_broker(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     keys = {b: generate_key() for b in ("bus-1", "bus-2", "bus-3")}
     (tmp_path / "bus-keys.txt").write_text("".join(f"{b} {public_key_text(k.public_key())}\n" for b, k in keys.items()))
     mq = mosquitto.config_for("dashboard")

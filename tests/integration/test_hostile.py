@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from cloud_sync import protocol
 from cloud_sync.cloud.ledger import CloudLedger, open_ledger
 from cloud_sync.cloud.service import CloudService
-from cloud_sync.devservers.broker import Mosquitto
+from cloud_sync.devservers.mosquitto_server import MosquittoServer
 from cloud_sync.mqtt import connect
 from cloud_sync.protocol import Envelope, Fare, Fares, ProtocolError, topic_for
 from edge.fares.record import epoch_ms
@@ -52,7 +52,7 @@ def fares_payload(fares: list[Fare], sender: str = "bus-1", key: Any = None, sen
 class Cloud:
     """The cloud service in a thread, on SQLite, with a second connection for the test to read."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path) -> None:
+    def __init__(self, broker: MosquittoServer, workdir: Path) -> None:
         url = f"sqlite:///{workdir / 'cloud.db'}"
         self.ledger = open_ledger(url)
         for bus, key in BUS_KEYS.items():
@@ -81,7 +81,7 @@ class Cloud:
 
 
 @pytest.fixture
-def cloud(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Cloud]:
+def cloud(mosquitto: MosquittoServer, tmp_path: Path) -> Iterator[Cloud]:
     c = Cloud(mosquitto, tmp_path)
     yield c
     c.close()
@@ -90,7 +90,7 @@ def cloud(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Cloud]:
 class Attacker:
     """A client with bus-1's broker credential that records PUBACK reason codes and what it reads."""
 
-    def __init__(self, broker: Mosquitto, cloud_key: Any) -> None:
+    def __init__(self, broker: MosquittoServer, cloud_key: Any) -> None:
         self.pubacks: dict[int, Any] = {}
         self.acks: list[Envelope] = []
         self._cond = threading.Condition()
@@ -133,7 +133,7 @@ class Attacker:
 
 
 def test_hostile_messages_are_refused_counted_and_the_service_keeps_settling(
-    mosquitto: Mosquitto, cloud: Cloud
+    mosquitto: MosquittoServer, cloud: Cloud
 ) -> None:
     bad = Attacker(mosquitto, cloud.key.public_key())
     topic = topic_for("fares", "bus-1")

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cloud_sync.devservers.postgres import Postgres
+from cloud_sync.devservers.postgres_server import PostgresServer
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def pg_workdir() -> Iterator[Path]:
 
 
 def test_start_create_query_stop(pg_workdir: Path) -> None:
-    server = Postgres(pg_workdir)
+    server = PostgresServer(pg_workdir)
     with server:
         dsn = server.create_database("fares_test")
         with psycopg.connect(dsn) as conn:
@@ -37,7 +37,7 @@ def test_start_create_query_stop(pg_workdir: Path) -> None:
         psycopg.connect(dsn, connect_timeout=2)
 
 
-def test_bad_database_name_is_refused(postgres_server: Postgres) -> None:
+def test_bad_database_name_is_refused(postgres_server: PostgresServer) -> None:
     with pytest.raises(ValueError, match="database name"):
         postgres_server.create_database("x; drop")
 

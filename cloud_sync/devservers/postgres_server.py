@@ -3,7 +3,7 @@
 :class:`Postgres` makes a cluster with Debian's ``initdb`` (``scripts/install-servers.sh`` installs
 it) and runs ``postgres`` on a free loopback port, its Unix socket in the work directory::
 
-    with Postgres(workdir) as pg:
+    with PostgresServer(workdir) as pg:
         dsn = pg.create_database("ledger")
         with psycopg.connect(dsn) as conn:
             conn.execute("select 1")
@@ -55,7 +55,7 @@ def find_bindir() -> Path:
     return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
 
 
-class Postgres(ServerProcess):
+class PostgresServer(ServerProcess):
     """A PostgreSQL server of this process. ``port`` defaults to a free port, kept across restarts.
 
     Stopping is PostgreSQL's fast shutdown (SIGINT).
@@ -144,7 +144,7 @@ class Postgres(ServerProcess):
 
     # -- process --
 
-    def start(self, timeout_s: float = 30.0) -> Postgres:
+    def start(self, timeout_s: float = 30.0) -> PostgresServer:
         """Create the cluster if needed and start the server; return when it accepts connections."""
         if self.running:
             return self

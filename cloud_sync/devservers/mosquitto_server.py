@@ -3,7 +3,7 @@
 :class:`Mosquitto` writes everything the broker needs into its work directory, then starts
 ``mosquitto`` on a free loopback port (``scripts/install-servers.sh`` installs it)::
 
-    with Mosquitto(tmp_path, ["bus-1", "bus-2"]) as broker:
+    with MosquittoServer(tmp_path, ["bus-1", "bus-2"]) as broker:
         bus = mqtt.connect(broker.config_for("bus-1"), "bus-1")
         cloud = mqtt.connect(broker.config_for("cloud"), "cloud")
 
@@ -12,13 +12,13 @@ What it writes:
 * ``ca.pem`` / ``ca.key``: a CA made here; ``server.pem`` / ``server.key``: the broker's certificate
   for 127.0.0.1 and localhost, signed by that CA. Clients trust ``ca.pem`` only.
 * ``passwd``: Mosquitto's hashed password file (``mosquitto_passwd -U``); the clear passwords stay
-  in ``passwords.json`` (0600) for :meth:`Mosquitto.password` and :meth:`Mosquitto.config_for`.
+  in ``passwords.json`` (0600) for :meth:`MosquittoServer.password` and :meth:`MosquittoServer.config_for`.
 * ``acl``: a bus may publish only under ``facefare/v1/bus/<its id>/`` and read only
   ``facefare/v1/cloud/<its id>/``; ``cloud`` reads and writes everything under ``facefare/v1/``;
   ``dashboard`` reads the buses' status, fares and decisions.
 * ``mosquitto.conf``: one TLS listener on 127.0.0.1 (no plaintext listener), no anonymous
   clients, persistence in ``mosquitto.db`` (saved on stop, so QoS 1 sessions survive
-  :meth:`Mosquitto.restart`), log in ``mosquitto.log``.
+  :meth:`MosquittoServer.restart`), log in ``mosquitto.log``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 # -- the broker ------------------------------------------------------------------------------
 
 
-class Mosquitto(ServerProcess):
+class MosquittoServer(ServerProcess):
     """A Mosquitto broker of this process, configured for FaceFare's buses, cloud and dashboard.
 
     ``buses`` are the bus ids that get a credential (role ``bus``); users ``cloud`` and
@@ -277,7 +277,7 @@ class Mosquitto(ServerProcess):
     def acl_text(self) -> str:
         """The ACL file's text (see the module docstring for the rules)."""
         lines = [
-            "# Written by cloud_sync.devservers.broker. Anything not allowed here is denied.",
+            "# Written by cloud_sync.devservers.mosquitto_server. Anything not allowed here is denied.",
             "# Every bus: publish only under its own id, read only the cloud's topics for its own id.",
             f"pattern write {PREFIX}/bus/%u/#",
             f"pattern read {PREFIX}/cloud/%u/#",
@@ -292,7 +292,7 @@ class Mosquitto(ServerProcess):
     def conf_text(self) -> str:
         wd = self.workdir.resolve()
         lines = [
-            "# Written by cloud_sync.devservers.broker for one FaceFare test or demo broker.",
+            "# Written by cloud_sync.devservers.mosquitto_server for one FaceFare test or demo broker.",
             "per_listener_settings false",
             "allow_anonymous false",
             f"password_file {wd / 'passwd'}",
@@ -322,7 +322,7 @@ class Mosquitto(ServerProcess):
 
     # -- process --
 
-    def start(self, timeout_s: float = 10.0) -> Mosquitto:
+    def start(self, timeout_s: float = 10.0) -> MosquittoServer:
         """Write the files (certificates once) and start the broker; return when it accepts TLS connections."""
         if self.running:
             return self
@@ -355,7 +355,7 @@ class Mosquitto(ServerProcess):
         log.info("mosquitto listening on %s:%d (work dir %s)", self.host, self.port, self.workdir)
         return self
 
-    def restart(self, timeout_s: float = 10.0) -> Mosquitto:
+    def restart(self, timeout_s: float = 10.0) -> MosquittoServer:
         """Stop and start again on the same port with the same persistence file (sessions survive)."""
         self.stop()
         return self.start(timeout_s)
