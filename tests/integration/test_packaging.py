@@ -3,6 +3,7 @@ page and the demo's photos and clip inside it, and nothing of the tests."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,10 +18,13 @@ PACKAGES = ("models", "hardware", "edge", "cloud_sync", "enrollment", "facefare"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
+    # A copy of the sources, so that no earlier in-tree build/ leaks stale files into the wheel.
+    src = tmp_path_factory.mktemp("src") / "facefare"
+    skip = shutil.ignore_patterns(".venv", ".git", "build", "artifacts", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300, cwd=build,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        check=True, capture_output=True, text=True, timeout=300, cwd=src,
     )  # fmt: skip
     (found,) = out.glob("facefare-*.whl")
     return found
