@@ -59,6 +59,18 @@ def _cnn(files: ModelFiles) -> FaceDetector:
     return load(files)
 
 
+def _blazeface(files: ModelFiles) -> FaceDetector:
+    from edge.faces.blazeface import load_short
+
+    return load_short(files)
+
+
+def _blazeface_full(files: ModelFiles) -> FaceDetector:
+    from edge.faces.blazeface import load_full
+
+    return load_full(files)
+
+
 def _small(files: ModelFiles) -> LandmarkModel:
     from edge.faces.landmarks import load_small
 
@@ -77,7 +89,13 @@ def _dlib_resnet(files: ModelFiles) -> Embedder:
     return load(files)
 
 
-DETECTORS: dict[str, Callable[[ModelFiles], FaceDetector]] = {"hog": _hog, "cnn": _cnn}
+DETECTORS: dict[str, Callable[[ModelFiles], FaceDetector]] = {
+    "hog": _hog,
+    "cnn": _cnn,
+    "mmod": _cnn,  # the name for dlib's CNN detector; "cnn" is face_recognition's
+    "blazeface": _blazeface,
+    "blazeface_full": _blazeface_full,
+}
 LANDMARKS: dict[str, Callable[[ModelFiles], LandmarkModel]] = {"small": _small, "large": _large}
 EMBEDDERS: dict[str, Callable[[ModelFiles], Embedder]] = {"dlib_resnet": _dlib_resnet}
 
