@@ -2,7 +2,7 @@
 
 A backend is one file of this package that implements one interface and has a ``load`` function
 taking :class:`ModelFiles`; the registries below map the config's name to that function
-(``[edge] detector``, ``[edge] landmarks``, ``[edge] embedder``). Adding a detector is one new
+(``[edge] detector``, ``[edge] landmarks``, ``[edge] mesh``, ``[edge] embedder``). Adding a detector is one new
 file and one line in :data:`DETECTORS`, in the way of Frigate's detector plugins.
 """
 
@@ -39,6 +39,14 @@ class LandmarkModel(Protocol):
     num_parts: int
 
     def predict(self, rgb: np.ndarray, rect: Rect) -> np.ndarray: ...
+
+
+class MeshModel(Protocol):
+    """Dense landmarks (478 x, y, z) in a face region, and expression scores from them."""
+
+    def landmarks(self, rgb: np.ndarray, roi: Any) -> Any: ...
+
+    def blendshapes(self, points: np.ndarray) -> np.ndarray: ...
 
 
 class Embedder(Protocol):
@@ -83,6 +91,12 @@ def _large(files: ModelFiles) -> LandmarkModel:
     return load_large(files)
 
 
+def _face_mesh_v2(files: ModelFiles) -> MeshModel:
+    from edge.faces.mesh import load
+
+    return load(files)
+
+
 def _dlib_resnet(files: ModelFiles) -> Embedder:
     from edge.faces.embedder import load
 
@@ -97,6 +111,7 @@ DETECTORS: dict[str, Callable[[ModelFiles], FaceDetector]] = {
     "blazeface_full": _blazeface_full,
 }
 LANDMARKS: dict[str, Callable[[ModelFiles], LandmarkModel]] = {"small": _small, "large": _large}
+MESHES: dict[str, Callable[[ModelFiles], MeshModel]] = {"face_mesh_v2": _face_mesh_v2}
 EMBEDDERS: dict[str, Callable[[ModelFiles], Embedder]] = {"dlib_resnet": _dlib_resnet}
 
 

@@ -117,6 +117,14 @@ def to_dlib_rect(x0: float, y0: float, x1: float, y1: float) -> Rect:
     return Rect(left, top, left + n - 1, top + n - 1)
 
 
+def from_dlib_rect(rect: Rect) -> tuple[float, float, float]:
+    """The inverse of :func:`to_dlib_rect`: (centre x, centre y, side) of the BlazeFace-style box."""
+    side = rect.width / DLIB_BOX["scale"]
+    cx = (rect.left + rect.right + 1) / 2 - DLIB_BOX["dx"] * side
+    cy = (rect.top + rect.bottom + 1) / 2 - DLIB_BOX["dy"] * side
+    return cx, cy, side
+
+
 class BlazeFaceDetector:
     """``FaceDetector`` on a BlazeFace ONNX session (short or full range)."""
 
