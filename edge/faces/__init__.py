@@ -103,7 +103,9 @@ def face_mesh(face_image: np.ndarray, known_face_locations: Iterable[Css] | None
     return [m.points for m in _mesh_faces(as_rgb(face_image), known_face_locations)]
 
 
-def face_blendshapes(face_image: np.ndarray, known_face_locations: Iterable[Css] | None = None) -> list[dict[str, float]]:
+def face_blendshapes(
+    face_image: np.ndarray, known_face_locations: Iterable[Css] | None = None
+) -> list[dict[str, float]]:
     """MediaPipe's 52 blendshape scores in [0, 1] per face, in the order of the locations.
 
     Names as MediaPipe's (``_neutral``, ``mouthSmileLeft``, ``jawOpen``, ``eyeBlinkLeft``, ...).
