@@ -57,7 +57,9 @@ def photo(faces_dir: Path) -> np.ndarray:
     return faces.load_image_file(faces_dir / "obama.jpg")
 
 
-@pytest.mark.parametrize("name, spec", [("blazeface_short.onnx", blazeface.SHORT), ("blazeface_full.onnx", blazeface.FULL)])
+@pytest.mark.parametrize(
+    "name, spec", [("blazeface_short.onnx", blazeface.SHORT), ("blazeface_full.onnx", blazeface.FULL)]
+)
 def test_detector_matches_tflite(models_dir: Path, photo: np.ndarray, name: str, spec) -> None:
     h, w = photo.shape[:2]
     m = blazeface.letterbox_matrix(w, h, spec.size)
