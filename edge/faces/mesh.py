@@ -54,6 +54,7 @@ INDEX = {name: i for i, name in enumerate(BLENDSHAPE_NAMES)}
 # Mesh point indices used here (MediaPipe's canonical face mesh).
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the person's right eye is on the image's left
 FOREHEAD, CHIN, RIGHT_CHEEK, LEFT_CHEEK, NOSE_TIP = 10, 152, 234, 454, 1
+RIGHT_IRIS, LEFT_IRIS = 468, 473  # iris centres (Face Mesh V2 only)
 
 
 @dataclass(frozen=True)
