@@ -60,10 +60,10 @@ def engine(models_dir: Path):
 
 @pytest.fixture(scope="session")
 def face_engine(models_dir: Path):
-    """A face engine of its own (HOG, 5-point landmarks), for the door pipeline tests."""
+    """A face engine of its own as the bus runs it (BlazeFace, Face Mesh V2, 5-point landmarks)."""
     from edge.faces.engine import FaceEngine
 
-    return FaceEngine(models_dir)
+    return FaceEngine(models_dir, detector="blazeface")
 
 
 @pytest.fixture(scope="session")

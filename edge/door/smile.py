@@ -45,7 +45,7 @@ class SmileConfig(BaseModel):
         0.55, ge=0, le=1, description="Absolute floor of mean(mouthSmileLeft, mouthSmileRight) (clip talking <= 0.53)"
     )
     rise_min: float = Field(
-        0.30, ge=0, le=1, description="Smile must exceed the track's own neutral baseline by this much"
+        0.20, ge=0, le=1, description="Smile must exceed the track's own neutral baseline by this much"
     )
     smile_over_jaw: float = Field(
         0.42, ge=-1, le=1, description="smile - jawOpen at least (talking <= 0.38, wide grins >= 0.46 on the footage)"
