@@ -109,6 +109,19 @@ def _write_sheet(thumbs: list[np.ndarray], path: Path, per_row: int = 5) -> None
 
 # -- the demo bus on the shipped clip --------------------------------------------------------
 
+
+def frame_of(path: Path, index: int) -> np.ndarray:
+    """Frame ``index`` (0-based, as OpenCV decodes) of a video file, RGB."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, bgr = cap.read()
+    finally:
+        cap.release()
+    if not ok:
+        raise ImageError(f"{path}: cannot read frame {index}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
 CLIP = FIXTURES / "short_hamilton_clip.mp4"
 
 

@@ -22,6 +22,7 @@ from edge.faces.images import load_image_file
 from edge.faces.match import Gallery
 from edge.fares.ledger import Ledger
 from edge.fares.rules import FaresConfig
+from facefare.demo.photos import frame_of
 from hardware.cameras import Frame, VideoFileSource
 from tests.helpers import CLIP, ENROLL, make_gallery
 
@@ -58,18 +59,6 @@ def test_static_repeated_frame_never_passes_smile_gate_nor_charges(face_engine, 
 
 
 FOOTAGE = "footage"
-
-
-def frame_of(path, index: int) -> np.ndarray:
-    """One decoded RGB frame of a video file."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, bgr = cap.read()
-    cap.release()
-    assert ok, (path, index)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def template_of(engine, img: np.ndarray) -> np.ndarray:
