@@ -283,8 +283,10 @@ def main() -> None:
     if ours["decision_ms"]:
         d = np.array(ours["decision_ms"])
         print(f"frame-to-decision latency over {len(d)} decision(s): p50 {np.percentile(d, 50):.1f} ms, "
-              f"p95 {np.percentile(d, 95):.1f} ms (target p95 < 100 ms); capture-to-decision through the node's "
-              f"queue (a file is read faster than played, nothing dropped): max {max(ours['queued_decision_ms']):.1f} ms")
+              f"p95 {np.percentile(d, 95):.1f} ms (target p95 < 100 ms)")
+        q = max(ours["queued_decision_ms"])
+        print(f"capture-to-decision through the node's queue (a file is read faster than it plays, nothing "
+              f"dropped): max {q:.1f} ms")
     if ours["charge_ms"]:
         print(f"decision-to-fare-on-disk (ledger thread): max {max(ours['charge_ms']):.1f} ms")
     print(f"new front end vs old HOG front end: {ours['fps'] / hog['fps']:.2f}x fps")
