@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The face photos and clip, shipped as the demo's data (facefare/demo/data/README.md).
 FIXTURES = ROOT / "facefare" / "demo" / "data"
 CLIP = "short_hamilton_clip.mp4"
+#: Real footage of a boarding with consent: a man, neutral (frames 0-15), then smiling (from ~18);
+#: enrolled as "man" from another recording of him (RIDER_ENROLL_FRAME). footage/README.md.
+RIDER_CLIP = "footage/single_face.mp4"
+RIDER_ENROLL_FRAME = ("footage/face_noface.mov", 5)
 #: One enrollment photo per rider of the clip tests.
 ENROLL = {
     "lin": "lin_manuel_miranda.png",
