@@ -86,3 +86,9 @@ def test_smile_rises_over_own_neutral(engine) -> None:
     # (005, 024, 037, 042: rise < 0.1) that the gate must not take for consent either.
     assert sum(r > 0.1 for r in rises) >= 35, rises
     assert float(np.median(rises)) > 0.45
+
+
+def test_full_range_detector_finds_the_smaller_faces(engine, faces_dir: Path) -> None:
+    img = faces.load_image_file(faces_dir / "obama_and_biden.jpg")  # 3 faces of ~150-230 px in 2000 px
+    assert len(faces.face_locations(img, model="blazeface_full")) >= 2
+    assert len(faces.face_locations(img, model="blazeface")) < 2  # the short-range model is for a door

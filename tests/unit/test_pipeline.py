@@ -309,3 +309,31 @@ def test_door_zone_largest_face_and_one_at_a_time():
     assert pipe._door_face([big, similar], shape) == "crowded"
     assert pipe._door_face([outside], shape) is None
     assert scale_rect(Rect(10, 20, 30, 40), 0.5) == Rect(20, 40, 60, 80)
+
+
+def test_mesh_quality_reasons_on_a_real_face(face_engine, faces_dir):
+    """The bus's quality gate from Face Mesh V2 on a real frame, and on that frame made worse."""
+    import cv2
+
+    from edge.door.quality import assess_mesh, face_patch
+    from edge.faces.mesh import blink, roi_from_points, roi_from_rect
+
+    def quality(rgb):
+        det = max(face_engine.detect(rgb, 0), key=lambda d: d.rect.area)
+        face = face_engine.mesh.landmarks(rgb, roi_from_rect(det.rect, det.keypoints))
+        face = face_engine.mesh.landmarks(rgb, roi_from_points(face.points))
+        scores = face_engine.mesh.blendshapes(face.points)
+        return assess_mesh(face.points, blink(scores), face_patch(rgb, det.rect), det.rect, rgb.shape, QualityConfig())
+
+    rgb = frame_of(faces_dir / "footage" / "single_face.mp4", 5)  # frontal, neutral, well lit
+    q = quality(rgb)
+    assert q.ok, q
+    assert abs(q.yaw) < 10 and abs(q.pitch) < 15 and abs(q.roll) < 10 and q.eye_distance > 60
+    assert "too_dark" in quality((rgb * 0.15).astype(np.uint8)).reasons
+    assert "blurred" in quality(cv2.GaussianBlur(rgb, (0, 0), 6)).reasons
+    h, w = rgb.shape[:2]
+    tilted = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), 45, 1.0), (w, h))
+    q = quality(tilted)
+    assert "head_turned" in q.reasons and abs(abs(q.roll) - 45) < 10, q
+    small = cv2.resize(rgb, (w // 4, h // 4))
+    assert "too_small" in quality(small).reasons
