@@ -111,8 +111,35 @@ function renderChart(snap) {
   document.getElementById("chart").replaceChildren(...nodes);
 }
 
+function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(1) + " %"; }
+function secs(x) { return x === null || x === undefined ? "-" : x.toFixed(1) + " s"; }
+function ratio(x) { return x === null || x === undefined ? "-" : x.toFixed(2); }
+function reasons(list) {
+  return list.length ? list.map((r) => r.reason + " " + r.count).join(", ") : "-";
+}
+
+// Door KPIs of the service day: one row per bus and a fleet line; a bus out of line is marked.
+function renderDoor(snap) {
+  const door = snap.door;
+  const f = door.fleet;
+  const alerted = new Set(snap.alerts.filter((a) => a.kind === "refusals").map((a) => a.bus_id));
+  document.getElementById("door-fleet").textContent = f.boardings
+    ? "Fleet: " + f.boardings + " boardings, " + f.charged + " charged, " + f.refused + " refused, " + f.see_driver +
+      " sent to the driver (" + pct(f.see_driver_rate) + "); wait median " + secs(f.wait_p50_s) + ", p95 " +
+      secs(f.wait_p95_s) + "; " + ratio(f.smile_attempts_per_charge) + " smiles per charge"
+    : "No door decisions yet today.";
+  const body = fillTable("door", door.buses.map((b) => [
+    td(b.bus_id), td(b.boardings, "num"), td(b.charged, "num"), td(b.refused, "num"), td(b.see_driver, "num"),
+    td(pct(b.see_driver_rate), "num"), td(pct(b.not_charged_rate), alerted.has(b.bus_id) ? "num bad" : "num"),
+    td(secs(b.wait_p50_s), "num"), td(secs(b.wait_p95_s), "num"), td(ratio(b.smile_attempts_per_charge), "num"),
+    td(reasons(b.by_reason)),
+  ]));
+  door.buses.forEach((b, i) => { body.children[i].id = "door-" + b.bus_id; });
+}
+
 function render(snap) {
   renderBuses(snap);
+  renderDoor(snap);
   renderAlerts(snap);
   renderChart(snap);
   fillTable("routes", snap.routes.map((r) => [td(r.route_id), td(r.fares_today, "num"), td(money(r.revenue_today), "num")]));
