@@ -59,7 +59,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
 
     stop = stop or threading.Event()
     engine = wiring.face_engine(cfg)
-    engine.verify_all()
+    manifest = engine.verify_all()
     gallery = wiring.bus_gallery(cfg, engine.embedder_sha256)
     ledger = wiring.bus_ledger(cfg)  # the ledger thread's connection
     sync_ledger = wiring.bus_ledger(cfg)  # the sync thread's own connection (WAL: they never block charges)
@@ -86,7 +86,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
         from facefare.metrics import BusMetrics, serve
 
         metrics = BusMetrics()
-        metrics.set_models(engine.verify_all())
+        metrics.set_models(manifest)
         metrics_ledger = wiring.bus_ledger(cfg, readonly=True)  # the scrape's own connection
         metrics.watch(backlog=_backlog_reader(metrics_ledger), gallery=gallery, sync=sync, data_dir=data_dir,
                       bus_id=cfg.ledger.bus_id, route_id=cfg.pipeline.route_id)  # fmt: skip
