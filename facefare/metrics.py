@@ -117,6 +117,8 @@ class BusMetrics:
         self.up_since = Gauge("facefare_bus_start_time_seconds", "When this bus process started (epoch seconds)",
                               registry=r)  # fmt: skip
         self.up_since.set(time.time())
+        self.last_frame = Gauge("facefare_bus_last_frame_timestamp_seconds",
+                                "When the pipeline last finished a frame (epoch seconds)", registry=r)  # fmt: skip
         self._times: deque[float] = deque(maxlen=300)
         self._lock = threading.Lock()
 
@@ -125,6 +127,7 @@ class BusMetrics:
     def frame(self, seconds: float, stage_ms: dict[str, float]) -> None:
         self.frames.inc()
         self.frame_seconds.observe(seconds)
+        self.last_frame.set(time.time())
         for stage, ms in stage_ms.items():
             self.stage_ms.labels(str(stage)[:40]).set(ms)
         with self._lock:
@@ -180,6 +183,9 @@ class BusMetrics:
                          1 if gallery.ready else 0)  # fmt: skip
             yield _gauge("facefare_bus_sync_connected", "1 while the sync thread is connected to the broker",
                          1 if sync.connected.is_set() else 0)  # fmt: skip
+            if hasattr(sync, "last_error"):  # the sync thread's own health (issue 19)
+                yield _gauge("facefare_bus_sync_healthy", "1 while the sync thread's rounds succeed",
+                             1 if getattr(sync, "last_error", None) is None else 0)  # fmt: skip
             yield from _sync_stats(sync)
             skew = _clock_skew_s(sync)
             yield _gauge("facefare_bus_clock_skew_seconds",
@@ -209,6 +215,7 @@ def _sync_stats(sync: Any) -> Iterable[Any]:
         ("fares_acked", "acked_fares", "Fares the cloud acknowledged"),
         ("messages_refused", "refused_messages", "Cloud messages the bus refused"),
         ("connects", "connects", "Connections to the broker"),
+        ("fares_quarantined", "quarantined_fares", "Outbox rows the protocol refuses, set aside (issue 19)"),
     ):
         value = getattr(stats, field, None)
         if isinstance(value, int):
