@@ -95,9 +95,11 @@ class DoorDay:
     smiles_charged: int = 0  # smile attempts counted on charged boardings that reported them
     charges_with_smiles: int = 0
     recent: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=100_000))  # (at_ms, charged)
+    hours: Counter[tuple[int, str]] = field(default_factory=Counter)  # (hour start ms, action) -> decisions
 
     def add(self, d: DecisionEvent) -> None:
         self.outcomes[d.action, d.reason[:40]] += 1
+        self.hours[d.at_ms - d.at_ms % 3_600_000, d.action] += 1
         if d.wait_ms is not None:
             self.waits_ms.append(d.wait_ms)
         if d.action == "charge" and d.smile_attempts is not None:
@@ -124,9 +126,13 @@ def door_kpis(days: list[DoorDay]) -> dict[str, Any]:
         waits.extend(day.waits_ms)
         smiles += day.smiles_charged
         charges_with_smiles += day.charges_with_smiles
-    by_action = Counter()
+    by_action: Counter[str] = Counter()
     for (action, _reason), n in outcomes.items():
         by_action[action] += n
+    hours: dict[int, Counter[str]] = {}
+    for day in days:
+        for (start, action), n in day.hours.items():
+            hours.setdefault(start, Counter())[action] += n
     boardings = sum(by_action.values())
     p50, p95 = _quantile(waits, 0.5), _quantile(waits, 0.95)
     return {
@@ -141,6 +147,8 @@ def door_kpis(days: list[DoorDay]) -> dict[str, Any]:
         "wait_p50_s": None if p50 is None else p50 / 1000,
         "wait_p95_s": None if p95 is None else p95 / 1000,
         "smile_attempts_per_charge": smiles / charges_with_smiles if charges_with_smiles else None,
+        "hours": [{"start_ms": h, "boardings": sum(c.values()), "charged": c["charge"], "refused": c["refuse"],
+                   "see_driver": c["see_driver"]} for h, c in sorted(hours.items())],  # fmt: skip
     }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
 from pathlib import Path
 
 import pytest
@@ -138,10 +140,16 @@ def test_door_kpis_and_refusal_alert_in_chromium(fleet: DemoFleet, page) -> None
         + [("refuse", "unknown", 4200, 1)] * 6 + [("see_driver", "frozen", 5200, 0)] * 3
         + [("see_driver", "ambiguous", 8000, 1)] * 3,
     }  # fmt: skip
+    # Over the morning (at most 3 hours, and within today's service day); bus-3 within the last hour.
+    day_start = int(datetime.combine(date.fromisoformat(fleet.state.today(now)),
+                                     dt_time(fleet.state.rules.day_starts_hour), UTC).timestamp() * 1000)  # fmt: skip
     for bus, decisions in plan.items():
+        span = 3_000_000 if bus == "bus-3" else 3 * 3_600_000
+        begin = max(day_start + 1000, now - span)
         for i, (action, reason, wait_ms, smiles) in enumerate(decisions):
             rider = "rider-7" if action == "charge" else None
-            fleet.buses[bus].decision(at_ms=now - 60_000 + i, action=action, reason=reason, wait_ms=wait_ms,
+            at = begin + (now - 1000 - begin) * i // len(decisions)
+            fleet.buses[bus].decision(at_ms=at, action=action, reason=reason, wait_ms=wait_ms,
                                       smile_attempts=smiles, rider_id=rider)  # fmt: skip
 
     page.goto(fleet.server.url)
@@ -163,6 +171,7 @@ def test_door_kpis_and_refusal_alert_in_chromium(fleet: DemoFleet, page) -> None
     expect(alert).to_contain_text("bus-3 did not charge 50% of 24 boardings")
     expect(page.locator('#alerts li[data-alert^="refusals:"]')).to_have_count(1)  # the others are in line
     assert page.locator("#door").inner_text().count("rider-7") == 0  # KPIs never name a rider
+    expect(page.locator("#door-hours rect.refused").first).to_be_visible()  # the day's boardings per hour
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.locator("#door-section").screenshot(path=str(SHOTS / "dashboard_6_door_kpis.png"))
     page.locator("#alerts-section").screenshot(path=str(SHOTS / "dashboard_7_refusal_alert.png"))

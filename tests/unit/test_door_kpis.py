@@ -48,6 +48,7 @@ def test_door_kpis_per_bus_and_fleet() -> None:
     assert fleet["see_driver_rate"] == 2 / 8
     bus2 = next(b for b in door["buses"] if b["bus_id"] == "bus-2")
     assert bus2["wait_p50_s"] is None and bus2["smile_attempts_per_charge"] is None
+    assert fleet["hours"] == [{"start_ms": NOON, "boardings": 8, "charged": 5, "refused": 1, "see_driver": 2}]
     assert "r1" not in str(door)  # KPIs never name a rider
 
 

@@ -135,6 +135,37 @@ function renderDoor(snap) {
     td(reasons(b.by_reason)),
   ]));
   door.buses.forEach((b, i) => { body.children[i].id = "door-" + b.bus_id; });
+  renderDoorHours(f.hours);
+}
+
+// The fleet's boardings per hour of the day, stacked: charged, refused, sent to the driver.
+function renderDoorHours(hours) {
+  const left = 60, right = 595, base = 105, height = 90;
+  const nodes = [svgNode("line", { x1: left, y1: base, x2: right, y2: base })];
+  const shown = hours.slice(-24);
+  const max = Math.max(1, ...shown.map((h) => h.boardings));
+  const width = (right - left) / Math.max(shown.length, 12);
+  shown.forEach((h, i) => {
+    let y = base;
+    for (const [key, cls] of [["charged", "charged"], ["refused", "refused"], ["see_driver", "driver"]]) {
+      const bar = (h[key] / max) * height;
+      if (!bar) continue;
+      y -= bar;
+      const rect = svgNode("rect", { x: left + i * width + 1, y: y, width: Math.max(width - 2, 1), height: bar, class: cls });
+      rect.append(svgNode("title", {}, hhmm(h.start_ms) + ": " + h[key] + " " + key.replace("_", " ")));
+      nodes.push(rect);
+    }
+    const hour = String(new Date(h.start_ms).getHours()).padStart(2, "0") + ":00";
+    nodes.push(svgNode("text", { x: left + i * width + 2, y: base + 14 }, hour));
+  });
+  if (!shown.length) nodes.push(svgNode("text", { x: 250, y: 60 }, "no boardings yet today"));
+  else nodes.push(svgNode("text", { x: 0, y: base - height + 4 }, max + " / h"));
+  const legend = [["charged", "charged"], ["refused", "refused"], ["driver", "see the driver"]];
+  legend.forEach(([cls, label], i) => {
+    nodes.push(svgNode("rect", { x: 380 + i * 72, y: 2, width: 9, height: 9, class: cls }));
+    nodes.push(svgNode("text", { x: 392 + i * 72, y: 10 }, label));
+  });
+  document.getElementById("door-hours").replaceChildren(...nodes);
 }
 
 function render(snap) {
