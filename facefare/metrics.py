@@ -322,3 +322,10 @@ def enrollment_registry(store: Any) -> CollectorRegistry:
     registry = CollectorRegistry()
     watch_enrollment(registry, store)
     return registry
+
+
+def mount_enrollment_metrics(app: Any, store: Any) -> None:
+    """Serve the store's enrollment metrics at ``/metrics`` of the enrollment API (a FastAPI app)."""
+    from prometheus_client import make_asgi_app
+
+    app.mount("/metrics", make_asgi_app(registry=enrollment_registry(store)))

@@ -344,16 +344,15 @@ def serve(ctx: Context) -> None:
     format at /metrics (enrollments, duplicates flagged, erasures pending per bus; no rider named).
     """
     import uvicorn
-    from prometheus_client import make_asgi_app
 
     from enrollment.api import create_app
-    from facefare.metrics import enrollment_registry
+    from facefare.metrics import mount_enrollment_metrics
 
     cfg = ctx.cfg
     store = _store(cfg)
     enroller = _enroller(cfg, store)
     dist = _distributor(cfg, store, enroller.model_sha256)
     app = create_app(enroller, dist)
-    app.mount("/metrics", make_asgi_app(registry=enrollment_registry(store)))
+    mount_enrollment_metrics(app, store)
     uvicorn.run(app, host=cfg.enrollment.api_host, port=cfg.enrollment.api_port,
                 log_level=cfg.log_level.lower())  # fmt: skip
