@@ -89,7 +89,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
         metrics.set_models(manifest)
         metrics_ledger = wiring.bus_ledger(cfg, readonly=True)  # the scrape's own connection
         metrics.watch(backlog=_backlog_reader(metrics_ledger), gallery=gallery, sync=sync, data_dir=data_dir,
-                      bus_id=cfg.ledger.bus_id, route_id=cfg.pipeline.route_id)  # fmt: skip
+                      bus_id=cfg.ledger.bus_id, route_id=cfg.pipeline.route_id, status=status)  # fmt: skip
         metrics_server = serve(metrics.registry, cfg.metrics.host, cfg.metrics.bus_port, f"bus {cfg.ledger.bus_id}")
 
     def frame_done(frame: Any, decisions: list) -> None:

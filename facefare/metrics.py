@@ -162,8 +162,10 @@ class BusMetrics:
         data_dir: Path,
         bus_id: str,
         route_id: str,
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        """Read the bus's state at scrape time: outbox, gallery, sync, clock, disk."""
+        """Read the bus's state at scrape time: outbox, gallery, sync, clock, disk, and the heartbeat's
+        ``status()`` fields (camera health, and the sync restarts issue 19 adds) where present."""
 
         def collect() -> Iterable[Any]:
             yield _gauge("facefare_bus_fps", "Frames per second over the last 10 s", self.fps())
@@ -196,6 +198,17 @@ class BusMetrics:
             except OSError:
                 free = None
             yield _gauge("facefare_bus_disk_free_bytes", "Free bytes on the file system of the data directory", free)
+            fields = status() if status is not None else {}
+            for name, doc in (("camera", "1 while the camera delivers frames"),
+                              ("disk", "1 while the disk has room for charges"),
+                              ("clock", "1 unless the bus's clock stepped since it started (issue 19)")):  # fmt: skip
+                health = fields.get(name)
+                if isinstance(health, dict) and "ok" in health:
+                    yield _gauge(f"facefare_bus_{name}_ok", doc, 1 if health["ok"] else 0)
+            if isinstance(fields.get("sync_restarts"), int):
+                fam = CounterMetricFamily("facefare_bus_sync_restarts", "Times the sync thread was restarted")
+                fam.add_metric([], fields["sync_restarts"])
+                yield fam
 
         self.registry.register(_Callback(collect))
 

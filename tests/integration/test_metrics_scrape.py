@@ -162,6 +162,7 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
                 "gallery": 'facefare_bus_gallery_riders{bus="bus-1"}',
                 "models": 'facefare_bus_models_info{bus="bus-1"}',
                 "disk": 'facefare_bus_disk_free_bytes{bus="bus-1"}',
+                "camera": 'facefare_bus_camera_ok{bus="bus-1"}',
                 "fps": 'max_over_time(facefare_bus_fps{bus="bus-1"}[5m])',
                 "all": '{bus="bus-1"}',
             }.items()
@@ -193,6 +194,7 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
     assert value("smiles") >= 1  # the charge came after at least one smile
     assert value("gallery") == 1
     assert value("disk") > 0
+    assert value("camera") == 1
     assert value("fps") > 0
     models = snapshot["models"][0]["metric"]
     assert re.fullmatch(r"[0-9a-f]{64}", models["face_embedder_onnx"]), models
