@@ -199,12 +199,14 @@ class BusMetrics:
                 free = None
             yield _gauge("facefare_bus_disk_free_bytes", "Free bytes on the file system of the data directory", free)
             fields = status() if status is not None else {}
-            for name, doc in (("camera", "1 while the camera delivers frames"),
-                              ("disk", "1 while the disk has room for charges"),
-                              ("clock", "1 unless the bus's clock stepped since it started (issue 19)")):  # fmt: skip
-                health = fields.get(name)
+            for field, metric, doc in (
+                ("camera", "facefare_bus_camera_ok", "1 while the camera delivers frames"),
+                ("disk", "facefare_bus_disk_ok", "1 while the disk has room for charges"),
+                ("clock", "facefare_bus_clock_ok", "1 unless the bus's clock stepped since it started (issue 19)"),
+            ):
+                health = fields.get(field)
                 if isinstance(health, dict) and "ok" in health:
-                    yield _gauge(f"facefare_bus_{name}_ok", doc, 1 if health["ok"] else 0)
+                    yield _gauge(metric, doc, 1 if health["ok"] else 0)
             if isinstance(fields.get("sync_restarts"), int):
                 fam = CounterMetricFamily("facefare_bus_sync_restarts", "Times the sync thread was restarted")
                 fam.add_metric([], fields["sync_restarts"])
