@@ -42,6 +42,7 @@ from cloud_sync.protocol import (
     parse,
     topic_for,
 )
+from cloud_sync.sqlite_schema import schema, statements, upgrade
 from enrollment.store import TemplateStore, now_iso, seal, unseal
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ CREATE TABLE IF NOT EXISTS erasure_targets (
     PRIMARY KEY (rider_id, bus_id)
 );
 """
+#: The distribution tables' schema in the template store's file, step by step; add steps, never edit one.
+MIGRATIONS = schema("facefare-gallery-distribution", [("0001_initial", statements(SCHEMA))])
 #: Room left in a message for the envelope around the ciphertext (base64 grows it by 4/3).
 ENVELOPE_ROOM = 2_000
 
@@ -128,7 +131,7 @@ class GalleryDistributor:
         self.replay = ReplayGuard()
         self.lock = threading.RLock()
         with store.lock:
-            store.db.executescript(SCHEMA)
+            upgrade(store.db, MIGRATIONS, f"gallery distribution in {store.path}")
 
     # -- buses --------------------------------------------------------------------------------
 

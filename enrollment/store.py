@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_sync.sealing import StoreError, create_key, load_key, seal, unseal  # noqa: F401 (re-exported)
+from cloud_sync.sqlite_schema import schema, statements, upgrade
 from edge.faces.match import Gallery
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+#: The store's schema, step by step (cloud_sync.sqlite_schema); add steps, never edit one.
+MIGRATIONS = schema("facefare-template-store", [("0001_initial", statements(SCHEMA))])
 
 
 class TemplateStore:
@@ -137,7 +140,7 @@ class TemplateStore:
         # secure_delete overwrites deleted rows with zeros, so an erased template leaves no bytes behind.
         for pragma in ("journal_mode=DELETE", "synchronous=FULL", "secure_delete=ON", "foreign_keys=ON"):
             self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(SCHEMA)
+        upgrade(self.db, MIGRATIONS, f"template store {self.path}")
         self._check_key()
 
     @classmethod

@@ -31,6 +31,33 @@ ENROLL = {
 }
 
 
+def write_man_photo(path: Path) -> Path:
+    """The man of RIDER_CLIP as an enrollment photo file (a frame of another recording of him)."""
+    import cv2
+
+    from facefare.demo.photos import frame_of
+
+    rgb = frame_of(FIXTURES / RIDER_ENROLL_FRAME[0], RIDER_ENROLL_FRAME[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_door_camera_file(path: Path) -> Path:
+    """One video file for a bus camera: the Hamilton clip (Lin only talks), then RIDER_CLIP (the
+    man smiles from neutral and is charged). Both are 640x360."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, (640, 360))
+    for clip in (CLIP, RIDER_CLIP):
+        cap = cv2.VideoCapture(str(FIXTURES / clip))
+        while (got := cap.read())[0]:
+            writer.write(got[1])
+        cap.release()
+    writer.release()
+    return path
+
+
 def fixture_identities() -> dict[str, str]:
     with open(FIXTURES / "MANIFEST.tsv", newline="") as fh:
         return {r["file"]: r["identity"] for r in csv.DictReader(fh, delimiter="\t")}

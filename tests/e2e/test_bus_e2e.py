@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from cloud_sync import protocol
 from cloud_sync.mqtt import connect, subscribe
 from facefare.cli import main
+from tests.helpers import write_door_camera_file, write_man_photo
 from tests.servers import Inbox
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,29 +64,13 @@ def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_
 
     # The operator enrolls the man (a photo: a frame of another recording of him) and Lin; the
     # deltas go to the broker (retained).
-    import cv2
-
-    from facefare.demo.photos import frame_of
-    from tests.helpers import CLIP, RIDER_CLIP, RIDER_ENROLL_FRAME
-
     photos = tmp_path / "photos"
-    for rider, photo in (("lin", "lin_manuel_miranda.png"), ("man", None)):
-        (photos / rider).mkdir(parents=True)
-        if photo is None:
-            rgb = frame_of(faces_dir / RIDER_ENROLL_FRAME[0], RIDER_ENROLL_FRAME[1])
-            cv2.imwrite(str(photos / rider / "man.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        else:
-            (photos / rider / photo).write_bytes((faces_dir / photo).read_bytes())
+    (photos / "lin").mkdir(parents=True)
+    (photos / "lin" / "lin_manuel_miranda.png").write_bytes((faces_dir / "lin_manuel_miranda.png").read_bytes())
+    write_man_photo(photos / "man" / "man.jpg")
     assert "published" in cloud_cli("enroll", str(photos), "--quiet")
-    # The camera: the Hamilton clip, then the man's boarding (both 640x360), as one file.
-    camera_file = tmp_path / "door.mp4"
-    writer = cv2.VideoWriter(str(camera_file), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, (640, 360))
-    for clip in (CLIP, RIDER_CLIP):
-        cap = cv2.VideoCapture(str(faces_dir / clip))
-        while (got := cap.read())[0]:
-            writer.write(got[1])
-        cap.release()
-    writer.release()
+    # The camera: the Hamilton clip, then the man's boarding, as one file.
+    camera_file = write_door_camera_file(tmp_path / "door.mp4")
 
     cloud = subprocess.Popen([sys.executable, "-m", "facefare.cli", "--config", str(cloud_toml), "cloud", "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
