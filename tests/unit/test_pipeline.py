@@ -359,3 +359,25 @@ def test_edge_detector_and_landmarks_config_drive_the_bus(models_dir, faces_dir,
     assert pipe.tracker.tracks, "the CNN detector found the face"
     assert engine.landmark_model().num_parts == 68
     assert used and all(n is None for n in used)  # the pipeline asked for the engine's configured models
+
+
+def test_hamilton_grin_scores_as_a_smile_and_its_talking_never_as_consent(face_engine, faces_dir):
+    """docs/thresholds.md: on the clip, the grin (frames 82-95) is a smile by the gate's measure;
+    no talking frame (145-190) is a smiling frame (floor and smile - jawOpen)."""
+    from edge.faces.mesh import INDEX, roi_from_points, roi_from_rect, smile
+
+    cfg = SmileConfig()
+    grin, talk = [], []
+    for f in VideoFileSource(faces_dir / CLIP):
+        if not (82 <= f.index <= 95 or 145 <= f.index <= 190):
+            continue
+        dets = face_engine.detect(f.image, 0)
+        if not dets:
+            continue
+        d = max(dets, key=lambda d: d.rect.area)
+        m = face_engine.mesh.landmarks(f.image, roi_from_rect(d.rect, d.keypoints))
+        b = face_engine.mesh.blendshapes(face_engine.mesh.landmarks(f.image, roi_from_points(m.points)).points)
+        (grin if f.index <= 95 else talk).append((smile(b), float(b[INDEX["jawOpen"]])))
+    assert len(grin) == 14 and len(talk) > 40
+    assert all(s >= cfg.smile_min and s - j >= cfg.smile_over_jaw for s, j in grin), grin
+    assert not any(s >= cfg.smile_min and s - j >= cfg.smile_over_jaw for s, j in talk), talk
