@@ -200,6 +200,14 @@ def provision_demo_gallery(engine, folder: Path, out: Path, bus_id: str = "demo-
     return gallery
 
 
+def _smile_of(engine, rgb: np.ndarray, rect) -> float:
+    """Smile score of any face box (the demo's annotation of faces the bus does not measure)."""
+    from edge.faces.mesh import roi_from_rect, smile
+
+    face = engine.mesh.landmarks(rgb, roi_from_rect(rect))
+    return smile(engine.mesh.blendshapes(face.points))
+
+
 def playlist(clips: tuple[Path, ...] | list[Path]):
     """The clips as one camera stream: frames with continuing index and time, a second apart between
     clips; yields (clip name, Frame)."""
@@ -272,6 +280,9 @@ def run_bus_demo(cfg, out: Path, clips: tuple[Path, ...] | list[Path] = DEMO_CLI
             if st is not None and st.last_smile is not None and track.id not in labels:
                 sm = st.last_smile
                 lines.append(f"smile {sm.score:.2f} (neutral {sm.baseline:.2f}) {sm.state}")
+            elif track.id not in labels:
+                # not the door face: the bus runs no mesh for it; the demo measures it for the video only
+                lines.append(f"bystander, smile {_smile_of(engine, frame.image, r):.2f}")
             if st is not None and track.id not in labels and track.id in prompts:
                 lines.append(prompts[track.id])
             text = lines[0]
