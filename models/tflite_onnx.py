@@ -90,6 +90,8 @@ def _same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[
 
 class _Converter:
     def __init__(self, data: bytes) -> None:
+        if len(data) < 8 or data[4:8] != b"TFL3":
+            raise ConversionError("not a TFLite flatbuffer (no 'TFL3' identifier)")
         self.model = tflite.Model.GetRootAsModel(data, 0)
         if self.model.SubgraphsLength() != 1:
             raise ConversionError(f"expected one subgraph, found {self.model.SubgraphsLength()}")

@@ -87,6 +87,13 @@ def test_conversion_is_byte_reproducible(models_dir: Path) -> None:
         assert convert_tflite(data).SerializeToString() == (models_dir / name).read_bytes()
 
 
+def test_converter_refuses_what_it_cannot_convert() -> None:
+    from models.tflite_onnx import ConversionError
+
+    with pytest.raises(ConversionError, match="not a TFLite"):
+        convert_tflite(b"PK\x03\x04 a zip, not a model")
+
+
 def test_manifest_records_sources_and_licences(models_dir: Path) -> None:
     manifest = json.loads((models_dir / MANIFEST).read_text())["artifacts"]
     for name, src in SOURCES.items():
