@@ -16,6 +16,12 @@ FaceFare we then pick a bus operating point, where charging the wrong person mus
   any *other* identity and the genuine distance (the matcher's "best other rider" margin); the
   margin is the smallest such gap, the largest one that still accepts every accepted genuine pair.
 
+The same photos are also encoded through the bus's front end: BlazeFace boxes (calibrated to
+dlib's box convention) -> the same 5-point landmarks and ResNet, and both FaceFare paths are
+reported at the bus threshold (``[pipeline] match_threshold`` = 0.5) next to each other. With
+``--london`` (default on when the folder is shipped) the 40 people of the London set add 40
+genuine pairs (neutral photo vs smiling photo of one person) and 3,120 impostor pairs.
+
 True-accept rate (TAR) = genuine pairs with distance <= threshold / genuine pairs; false-accept
 rate (FAR) = impostor pairs with distance <= threshold / impostor pairs. The peer is reported at
 its default tolerance 0.6, and at the operating point derived the same way from its own pairs.
@@ -44,6 +50,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 NAMED = re.compile(r"^[a-z][a-z_]*$")  # one person, e.g. "kit_harington"
 PEER_TOLERANCE = 0.6
 FA_CAP_EPS = 1e-4  # how far below the smallest impostor distance the threshold is capped
+BUS_THRESHOLD = 0.5  # [pipeline] match_threshold
 
 
 @dataclass
@@ -140,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=None, help="converted models (default: the config's)")
     parser.add_argument("--faces", type=Path, default=ROOT / "facefare" / "demo" / "data")
+    parser.add_argument("--london", type=Path, default=ROOT / "facefare" / "demo" / "data" / "london")
     args = parser.parse_args()
 
     with warnings.catch_warnings():
@@ -152,16 +160,20 @@ def main() -> None:
     manifest = read_manifest(args.faces)
     photos, skipped = select_photos(args.faces, manifest)
 
-    used, ids, ours, peer = [], [], [], []
+    used, ids, ours, peer, blaze = [], [], [], [], []
     for path in tqdm(photos, desc="encoding", unit="photo"):
-        our_codes = faces.face_encodings(faces.load_image_file(path))
+        img = faces.load_image_file(path)
+        our_codes = faces.face_encodings(img)
+        blaze_codes = faces.face_encodings(img, faces.face_locations(img, model="blazeface"))
         peer_codes = fr.face_encodings(fr.load_image_file(path))
-        if len(our_codes) != 1 or len(peer_codes) != 1:
-            skipped.append(f"{path.name}: faces found facefare={len(our_codes)} face_recognition={len(peer_codes)}")
+        if len(our_codes) != 1 or len(peer_codes) != 1 or len(blaze_codes) != 1:
+            skipped.append(f"{path.name}: faces found facefare={len(our_codes)} face_recognition={len(peer_codes)} "
+                           f"blazeface={len(blaze_codes)}")
             continue
         used.append(path.name)
         ids.append(manifest[path.name])
         ours.append(our_codes[0])
+        blaze.append(blaze_codes[0])
         peer.append(np.asarray(peer_codes[0], dtype=np.float64))
 
     ours_arr, peer_arr = np.asarray(ours), np.asarray(peer)
@@ -210,12 +222,41 @@ def main() -> None:
             f"{name:<17} {setting:<20} {thr:>9.3f} {m:>7} "
             f"{tar:>7.1%} {ta:>3}/{len(p.genuine):<3} {far:>6.2%} {fa:>3}/{len(p.impostor)}"
         )
+    pb = pair_distances(np.asarray(blaze), ids)
+    front_ends = [("shipped photos", pf, pb)]
+    if args.london.is_dir():
+        front_ends.append(("London set", *london_pairs(args.london)))
+    print(f"\nat the bus threshold {BUS_THRESHOLD}: dlib-exact (HOG boxes) vs the bus's BlazeFace front end")
+    print(f"{'set':<16} {'front end':<22} {'TAR':>15} {'FAR':>17}")
+    for set_name, hog_p, bf_p in front_ends:
+        for fe, p in (("dlib-exact HOG boxes", hog_p), ("BlazeFace boxes", bf_p)):
+            tar, far, ta, fa = rates(p, BUS_THRESHOLD)
+            counts = f"{ta:>3}/{len(p.genuine):<3} {far:>7.2%} {fa:>4}/{len(p.impostor)}"
+            print(f"{set_name:<16} {fe:<22} {tar:>7.1%} {counts}")
+        same_decisions = ((hog_p.dist <= BUS_THRESHOLD) == (bf_p.dist <= BUS_THRESHOLD)).mean()
+        print(f"{set_name:<16} same accept/reject decision on {same_decisions:.2%} of pairs; "
+              f"|distance difference| max {np.abs(hog_p.dist - bf_p.dist).max():.3f}")
+
     for name, op, p in (("facefare", op_f, pf), ("face_recognition", op_p, pp)):
         note = "overlap: capped below the smallest impostor" if op.capped else "separated"
         print(
             f"\n{name}: largest genuine {p.genuine.max():.3f}, smallest impostor {p.impostor.min():.3f} "
             f"({note}; gap {p.impostor.min() - p.genuine.max():+.3f})"
         )
+
+
+def london_pairs(folder: Path) -> tuple[Pairs, Pairs]:
+    """Pairs of the London set's faces encoded on HOG boxes and on BlazeFace boxes."""
+    ids, hog, blaze = [], [], []
+    for path in tqdm(sorted(folder.glob("*.jpg")), desc="London set", unit="photo"):
+        img = faces.load_image_file(path)
+        h = faces.face_encodings(img)
+        b = faces.face_encodings(img, faces.face_locations(img, model="blazeface"))
+        if len(h) == 1 and len(b) == 1:
+            ids.append(path.name.split("_")[0])
+            hog.append(h[0])
+            blaze.append(b[0])
+    return pair_distances(np.asarray(hog), ids), pair_distances(np.asarray(blaze), ids)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ decode, detect, landmarks (5-point), align, embed. face_recognition aligns insid
   its longer side (a fixed detection resolution; faces at a bus door are large), landmarks and
   chips at full size;
 * ``facefare bus cnn``: the same with the MMOD CNN detector (ONNX) instead of HOG;
+* ``facefare blazeface``: the bus's new front end: BlazeFace on the whole image (it letterboxes
+  to 128 px itself, so no scaled copy), boxes in dlib's convention, then the same landmarks,
+  chips and embedding;
 * ``facefare same``: face_recognition's own settings (HOG, upsample once, full frame).
 
 Every number is the median over ``--repeat`` runs; the ratio is peer time / our time.
@@ -46,7 +49,7 @@ def ours(
     t0 = time.perf_counter()
     img = load_image_file(path)
     t1 = time.perf_counter()
-    small, scale = resize_for_detection(img, detect_side) if detect_side else (img, 1.0)
+    small, scale = resize_for_detection(img, detect_side) if detect_side and detector != "blazeface" else (img, 1.0)
     rects = [scale_rect(d.rect, scale) for d in engine.detect(small, upsample, detector)]
     t2 = time.perf_counter()
     marks = engine.landmarks(img, rects, "small")
@@ -98,12 +101,13 @@ def main() -> None:
     engine = FaceEngine(args.models or load_config(None).models.dir, "cpu", 2)
     engine.verify_all()
     rows = []
-    with tqdm(total=len(IMAGES) * 4, desc="benchmarking", unit="run") as bar:
+    with tqdm(total=len(IMAGES) * 5, desc="benchmarking", unit="run") as bar:
         for name in IMAGES:
             path = args.faces / name
             for label, fn in (
                 ("facefare bus", lambda p=path: ours(engine, p, args.detect_side, 0)),
                 ("facefare bus cnn", lambda p=path: ours(engine, p, args.detect_side, 0, "cnn")),
+                ("facefare blazeface", lambda p=path: ours(engine, p, None, 0, "blazeface")),
                 ("facefare same", lambda p=path: ours(engine, p, None, 1)),
                 ("face_recognition", lambda p=path: peer(fr, p)),
             ):
@@ -124,10 +128,14 @@ def main() -> None:
         if label == "facefare bus":
             total = totals[(name, label)]
             print(f"  {name:<17}" + "  ".join(f"{s} {100 * t[s] / total:4.0f}%" for s in STAGES))
+    bf = [totals[(n, "facefare blazeface")] for n in IMAGES]
     bus = [totals[(n, "facefare bus")] for n in IMAGES]
     ref = [totals[(n, "face_recognition")] for n in IMAGES]
     print(f"\nend to end, all four images: facefare bus {sum(bus):.0f} ms, face_recognition {sum(ref):.0f} ms, "
           f"ratio {sum(ref) / sum(bus):.1f}x (target >= 3x)")
+    print(f"end to end, all four images: facefare blazeface {sum(bf):.0f} ms, ratio {sum(ref) / sum(bf):.1f}x; "
+          f"detect alone {sum(t['detect'] for n, lb, t in rows if lb == 'facefare blazeface'):.1f} ms vs HOG at "
+          f"{args.detect_side} px {sum(t['detect'] for n, lb, t in rows if lb == 'facefare bus'):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ dotted name in the message::
     >>> from facefare.config import load_config
     >>> cfg = load_config(None)
     >>> cfg.edge.detector
-    'hog'
+    'blazeface'
 """
 
 from __future__ import annotations
@@ -65,8 +65,13 @@ class ModelsConfig(Section):
 class EdgeConfig(Section):
     """The bus node's face pipeline."""
 
-    detector: Literal["hog", "cnn"] = Field(
-        "hog", description="Face detector of the bus pipeline and 'faces locate': numpy HOG or the MMOD CNN (ONNX)"
+    detector: Literal["blazeface", "blazeface_full", "hog", "cnn", "mmod"] = Field(
+        "blazeface",
+        description="Face detector of the bus pipeline and 'faces locate': MediaPipe's BlazeFace (short range; "
+        "blazeface_full: up to ~5 m), dlib-exact numpy HOG, or dlib's MMOD CNN (cnn = mmod)",
+    )
+    mesh: Literal["face_mesh_v2"] = Field(
+        "face_mesh_v2", description="Dense landmarks and blendshapes for the door face: MediaPipe Face Mesh V2"
     )
     upsample: int = Field(0, ge=0, le=3, description="'faces locate': times to upsample a photo before detection")
     landmarks: Literal["small", "large"] = Field(

@@ -25,7 +25,7 @@ def face_engine(cfg: FacefareConfig) -> FaceEngine:
     """The face models of ``[models]``, run as ``[edge]`` says (provider, threads, detector, landmarks)."""
     e = cfg.edge
     return FaceEngine(cfg.models.dir, e.providers, e.threads, trt_cache_dir=cfg.data_dir / "trt-cache",
-                      detector=e.detector, landmarks=e.landmarks, embedder=e.embedder)  # fmt: skip
+                      detector=e.detector, landmarks=e.landmarks, embedder=e.embedder, mesh=e.mesh)  # fmt: skip
 
 
 def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False) -> Ledger:

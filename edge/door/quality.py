@@ -9,6 +9,11 @@ Checks, on the 5-point landmarks and the aligned 150x150 chip:
 * blurred: variance of the Laplacian of the grey chip below ``min_sharpness``;
 * too dark / too bright: mean grey level of the chip's central face region out of range.
 
+:func:`assess_mesh` makes the same checks from Face Mesh V2 on the bus (edge.faces.mesh): head
+yaw, pitch and roll in degrees from the 3-D mesh, eyes open (``eyeBlinkLeft/Right`` below
+``max_blink``), iris-to-iris distance for size, and blur and light on a 150x150 grey copy of the
+face box. :func:`assess` (5-point landmarks and the aligned chip) stays for enrollment photos.
+
 The 5-point model orders its points: the eye on the image's right (2 corners), the eye on the
 image's left (2 corners), nose base (measured on the fixtures: points 0-1 have the larger x).
 """
@@ -36,9 +41,14 @@ class QualityConfig(BaseModel):
     min_sharpness: float = Field(40.0, ge=0, description="Variance of the Laplacian of the grey chip, at least")
     min_brightness: float = Field(50.0, ge=0, le=255, description="Mean grey level of the face, at least")
     max_brightness: float = Field(215.0, ge=0, le=255, description="... and at most")
+    max_yaw_deg: float = Field(25.0, gt=0, le=90, description="Mesh: |head yaw| in degrees, at most")
+    max_pitch_deg: float = Field(25.0, gt=0, le=90, description="Mesh: |head pitch| in degrees, at most")
+    max_roll_deg: float = Field(30.0, gt=0, le=180, description="Mesh: |head roll| in degrees, at most")
+    max_blink: float = Field(0.6, gt=0, le=1, description="Mesh: eyeBlinkLeft/Right blendshape score, at most")
 
 
 REASONS = {
+    "eyes_closed": "Please open your eyes",
     "too_small": "Please come closer to the camera",
     "outside_frame": "Please step fully into view",
     "head_turned": "Please look straight at the camera",
@@ -64,6 +74,52 @@ class Quality:
     @property
     def message(self) -> str:
         return REASONS[self.reasons[0]] if self.reasons else ""
+
+
+@dataclass
+class MeshQuality(Quality):
+    roll: float = 0.0
+    blink: float = 0.0
+
+
+def face_patch(rgb: np.ndarray, rect: Rect, size: int = 150) -> np.ndarray:
+    """The face box as a ``size`` x ``size`` grey image (clipped to the frame)."""
+    h, w = rgb.shape[:2]
+    crop = rgb[max(rect.top, 0) : min(rect.bottom + 1, h), max(rect.left, 0) : min(rect.right + 1, w)]
+    if crop.size == 0:
+        return np.zeros((size, size), np.uint8)
+    return cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def assess_mesh(
+    points: np.ndarray, blink: float, grey: np.ndarray, rect: Rect, frame_shape: tuple[int, ...], cfg: QualityConfig
+) -> MeshQuality:
+    """Quality from Face Mesh V2's 478 points (image pixels), the larger eyeBlink score and
+    :func:`face_patch` of the face box."""
+    from edge.faces.mesh import LEFT_IRIS, RIGHT_IRIS, head_pose
+
+    yaw, pitch, roll = head_pose(points)
+    eye_distance = float(np.hypot(*(points[LEFT_IRIS, :2] - points[RIGHT_IRIS, :2])))
+    sharpness = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    h, w = grey.shape
+    brightness = float(grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean())
+    q = MeshQuality(eye_distance, yaw, pitch, sharpness, brightness, roll=roll, blink=blink)
+    height, width = frame_shape[:2]
+    if rect.left < 0 or rect.top < 0 or rect.right >= width or rect.bottom >= height:
+        q.reasons.append("outside_frame")
+    if eye_distance < cfg.min_eye_distance:
+        q.reasons.append("too_small")
+    if abs(yaw) > cfg.max_yaw_deg or abs(pitch) > cfg.max_pitch_deg or abs(roll) > cfg.max_roll_deg:
+        q.reasons.append("head_turned")
+    if blink > cfg.max_blink:
+        q.reasons.append("eyes_closed")
+    if brightness < cfg.min_brightness:
+        q.reasons.append("too_dark")
+    elif brightness > cfg.max_brightness:
+        q.reasons.append("too_bright")
+    if sharpness < cfg.min_sharpness:
+        q.reasons.append("blurred")
+    return q
 
 
 def pose(landmarks5: np.ndarray) -> tuple[float, float, float]:

@@ -2,7 +2,7 @@
 
 A backend is one file of this package that implements one interface and has a ``load`` function
 taking :class:`ModelFiles`; the registries below map the config's name to that function
-(``[edge] detector``, ``[edge] landmarks``, ``[edge] embedder``). Adding a detector is one new
+(``[edge] detector``, ``[edge] landmarks``, ``[edge] mesh``, ``[edge] embedder``). Adding a detector is one new
 file and one line in :data:`DETECTORS`, in the way of Frigate's detector plugins.
 """
 
@@ -41,6 +41,14 @@ class LandmarkModel(Protocol):
     def predict(self, rgb: np.ndarray, rect: Rect) -> np.ndarray: ...
 
 
+class MeshModel(Protocol):
+    """Dense landmarks (478 x, y, z) in a face region, and expression scores from them."""
+
+    def landmarks(self, rgb: np.ndarray, roi: Any) -> Any: ...
+
+    def blendshapes(self, points: np.ndarray) -> np.ndarray: ...
+
+
 class Embedder(Protocol):
     """Turns aligned 150x150 RGB chips (N, 150, 150, 3) into (N, 128) float32 embeddings."""
 
@@ -59,6 +67,18 @@ def _cnn(files: ModelFiles) -> FaceDetector:
     return load(files)
 
 
+def _blazeface(files: ModelFiles) -> FaceDetector:
+    from edge.faces.blazeface import load_short
+
+    return load_short(files)
+
+
+def _blazeface_full(files: ModelFiles) -> FaceDetector:
+    from edge.faces.blazeface import load_full
+
+    return load_full(files)
+
+
 def _small(files: ModelFiles) -> LandmarkModel:
     from edge.faces.landmarks import load_small
 
@@ -71,14 +91,27 @@ def _large(files: ModelFiles) -> LandmarkModel:
     return load_large(files)
 
 
+def _face_mesh_v2(files: ModelFiles) -> MeshModel:
+    from edge.faces.mesh import load
+
+    return load(files)
+
+
 def _dlib_resnet(files: ModelFiles) -> Embedder:
     from edge.faces.embedder import load
 
     return load(files)
 
 
-DETECTORS: dict[str, Callable[[ModelFiles], FaceDetector]] = {"hog": _hog, "cnn": _cnn}
+DETECTORS: dict[str, Callable[[ModelFiles], FaceDetector]] = {
+    "hog": _hog,
+    "cnn": _cnn,
+    "mmod": _cnn,  # the issue's name for dlib's CNN detector; "cnn" is face_recognition's
+    "blazeface": _blazeface,
+    "blazeface_full": _blazeface_full,
+}
 LANDMARKS: dict[str, Callable[[ModelFiles], LandmarkModel]] = {"small": _small, "large": _large}
+MESHES: dict[str, Callable[[ModelFiles], MeshModel]] = {"face_mesh_v2": _face_mesh_v2}
 EMBEDDERS: dict[str, Callable[[ModelFiles], Embedder]] = {"dlib_resnet": _dlib_resnet}
 
 

@@ -15,7 +15,17 @@ import cv2
 import numpy as np
 
 from edge.faces.align import face_chip
-from edge.faces.backends import DETECTORS, EMBEDDERS, LANDMARKS, Embedder, FaceDetector, LandmarkModel, pick
+from edge.faces.backends import (
+    DETECTORS,
+    EMBEDDERS,
+    LANDMARKS,
+    MESHES,
+    Embedder,
+    FaceDetector,
+    LandmarkModel,
+    MeshModel,
+    pick,
+)
 from edge.faces.geometry import Detection, Rect
 from edge.faces.hog import HogDetector
 from edge.faces.mmod import MmodDetector
@@ -43,15 +53,17 @@ class FaceEngine:
         detector: str = "hog",
         landmarks: str = "small",
         embedder: str = "dlib_resnet",
+        mesh: str = "face_mesh_v2",
     ) -> None:
         self.models_dir = Path(models_dir)
         self.provider = provider
         self.threads = threads
         self.trt_cache_dir = trt_cache_dir or self.models_dir / "trt-cache"  # TensorRT engines, built once
         for registry, kind, name in ((DETECTORS, "detector", detector), (LANDMARKS, "landmark model", landmarks),
-                                     (EMBEDDERS, "embedder", embedder)):  # fmt: skip
+                                     (EMBEDDERS, "embedder", embedder), (MESHES, "mesh model", mesh)):  # fmt: skip
             pick(registry, kind, name)  # a wrong name fails here, not at the first face
         self.detector_name, self.landmarks_name, self.embedder_name = detector, landmarks, embedder
+        self.mesh_name = mesh
         self._loaded: dict[tuple[str, str], object] = {}
 
     def verify_all(self) -> dict:
@@ -79,6 +91,11 @@ class FaceEngine:
 
     def landmark_model(self, name: str | None = None) -> LandmarkModel:
         return self._get(LANDMARKS, "landmark model", name or self.landmarks_name)
+
+    @property
+    def mesh(self) -> MeshModel:
+        """The dense-landmark and blendshape model (``[edge] mesh``)."""
+        return self._get(MESHES, "mesh model", self.mesh_name)
 
     @property
     def embedder(self) -> Embedder:

@@ -44,6 +44,9 @@ class Rect:
 class Detection:
     rect: Rect
     score: float
+    #: Detector keypoints in image pixels, if the detector gives any (BlazeFace: right eye, left
+    #: eye, nose tip, mouth, right ear, left ear; "right" is the person's right).
+    keypoints: tuple[tuple[float, float], ...] | None = None
 
 
 def iou(a: Rect, b: Rect) -> float:

@@ -41,14 +41,15 @@ def demo(ctx: Context, out: Path, photos: bool, with_dashboard: bool) -> None:
             f"{unknown} face(s) left unknown; {len(rows) - len(listed)} in unnamed photos (not scored)\n"
         )
     result = run_bus_demo(ctx.cfg, out)
-    click.echo(f"demo bus: {result['frames']} frames of the clip, {result['skipped']} skipped")
-    click.echo(f"{'frame':>6} {'track':>6}  {'decision':<11} {'rider':<20} {'reason':<10} {'distance':>8} "
-               f"{'margin':>7}")
+    click.echo(f"demo bus: {result['frames']} frames of real footage, {result['skipped']} skipped")
+    click.echo(f"{'frame':>6} {'clip':<22} {'track':>6}  {'decision':<11} {'rider':<20} {'reason':<10} "
+               f"{'distance':>8} {'margin':>7}")
     for d in result["decisions"]:
         dist = "" if d.distance is None else f"{d.distance:.3f}"
         margin = "" if d.margin is None else f"{d.margin:.3f}"
-        click.echo(f"{d.frame_index:>6} {d.track_id:>6}  {d.action:<11} {d.rider_id or '-':<20} {d.reason:<10} "
-                   f"{dist:>8} {margin:>7}")
+        clip = result["clips"].get(d.frame_index, "")
+        click.echo(f"{d.frame_index:>6} {clip:<22} {d.track_id:>6}  {d.action:<11} {d.rider_id or '-':<20} "
+                   f"{d.reason:<10} {dist:>8} {margin:>7}")
     for rider, amount, currency in result["fares"]:
         click.echo(f"charged {rider}: {amount} {currency} minor units")
     click.echo(f"annotated video: {out / 'demo_bus.mp4'}; decision frames: {out / 'decisions.jpg'}; "

@@ -17,7 +17,12 @@ def faces() -> None:
 
 @faces.command("locate")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", type=click.Choice(["hog", "cnn"]), default=None, help="Detector (default: config).")
+@click.option(
+    "--model",
+    type=click.Choice(["blazeface", "blazeface_full", "hog", "cnn", "mmod"]),
+    default=None,
+    help="Detector (default: config).",
+)
 @click.option("--upsample", type=int, default=None, help="Times to upsample before detecting (default: config).")
 @pass_ctx
 def faces_locate(ctx: Context, images: tuple[Path, ...], model: str | None, upsample: int | None) -> None:

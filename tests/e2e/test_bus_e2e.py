@@ -1,10 +1,11 @@
 """The whole system, as deployed: ``facefare bus run`` and ``facefare cloud run`` as real processes.
 
-An operator enrolls Lin-Manuel Miranda from one photo (``facefare enroll``), registers bus-1 for
-the gallery and the ledger; the cloud service runs against a real Mosquitto broker; the bus plays
-the shipped clip as its camera. The bus receives its sealed gallery over MQTT, recognises Lin at
-the door, charges him offline into its own ledger, and the fare reaches the cloud ledger exactly
-once; the bus's outbox is empty when it stops.
+An operator enrolls a man from one photo (a frame of face_noface.mov, ``facefare enroll``) and
+Lin-Manuel Miranda, registers bus-1 for the gallery and the ledger; the cloud service runs against
+a real Mosquitto broker; the bus's camera plays the Hamilton clip (Lin only talks: no consent)
+then single_face.mp4 (the man goes from neutral to a smile). The bus receives its sealed gallery
+over MQTT, charges the man offline into its own ledger, and the fare reaches the cloud ledger
+exactly once; the bus's outbox is empty when it stops.
 
     camera -> edge pipeline -> ledger -> outbox -> MQTT -> cloud ledger;  gallery <- MQTT <- enrollment
 """
@@ -25,6 +26,7 @@ from click.testing import CliRunner
 from cloud_sync import protocol
 from cloud_sync.mqtt import connect, subscribe
 from facefare.cli import main
+from tests.helpers import write_door_camera_file, write_man_photo
 from tests.servers import Inbox
 
 pytestmark = pytest.mark.timeout(300)
@@ -60,19 +62,22 @@ def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_
     cloud_cli("cloud", "register-bus", "bus-1", "--public-key", protocol.public_key_text(bus_key.public_key()))
     cloud_cli("enrollment", "register-bus", "bus-1", "--out", str(bus_dir / "gallery.key"))
 
-    # The operator enrolls Lin and someone else; the deltas go to the broker (retained).
+    # The operator enrolls the man (a photo: a frame of another recording of him) and Lin; the
+    # deltas go to the broker (retained).
     photos = tmp_path / "photos"
-    for rider, photo in (("lin", "lin_manuel_miranda.png"), ("obama", "obama.jpg")):
-        (photos / rider).mkdir(parents=True)
-        (photos / rider / photo).write_bytes((faces_dir / photo).read_bytes())
+    (photos / "lin").mkdir(parents=True)
+    (photos / "lin" / "lin_manuel_miranda.png").write_bytes((faces_dir / "lin_manuel_miranda.png").read_bytes())
+    write_man_photo(photos / "man" / "man.jpg")
     assert "published" in cloud_cli("enroll", str(photos), "--quiet")
+    # The camera: the Hamilton clip, then the man's boarding, as one file.
+    camera_file = write_door_camera_file(tmp_path / "door.mp4")
 
     cloud = subprocess.Popen([sys.executable, "-m", "facefare.cli", "--config", str(cloud_toml), "cloud", "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     bus_toml = tmp_path / "bus.toml"
     bus_toml.write_text(
         f'data_dir = "{bus_dir}"\nlog_level = "INFO"\n[models]\ndir = "{models_dir}"\n'
-        f'[ledger]\nbus_id = "bus-1"\n[camera]\ntype = "file"\ndevice = "{faces_dir / "short_hamilton_clip.mp4"}"\n'
+        f'[ledger]\nbus_id = "bus-1"\n[camera]\ntype = "file"\ndevice = "{camera_file}"\n'
         f'[sync]\ncloud_public_key = "{cloud_public}"\nheartbeat_interval_s = 2\n'
         f'[enrollment]\ngallery_key_file = "{bus_dir / "gallery.key"}"\n'
         + FARES + _mqtt_toml(mosquitto.config_for("bus-1"))
@@ -90,7 +95,7 @@ def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_
         # The fleet saw the door's decision, signed by the bus, with the fare and no image.
         msg = inbox.wait_for(protocol.topic_for("decision", "bus-1"))
         event = protocol.parse(msg.topic, msg.payload, {"bus-1": bus_key.public_key()}.get).body
-        assert (event.action, event.rider_id, event.amount_minor, event.currency) == ("charge", "lin", 250, "EUR")
+        assert (event.action, event.rider_id, event.amount_minor, event.currency) == ("charge", "man", 250, "EUR")
     finally:
         fleet.disconnect()
         fleet.loop_stop()
@@ -98,9 +103,9 @@ def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_
         cloud_out = cloud.communicate(timeout=30)[0]
     assert cloud.returncode in (0, -signal.SIGTERM), cloud_out
 
-    # The bus: one fare for Lin, acknowledged by the cloud, nothing left in the outbox.
+    # The bus: one fare for the man, acknowledged by the cloud, nothing left in the outbox.
     bus_db = sqlite3.connect(bus_dir / "ledger.db")
-    assert bus_db.execute("SELECT rider_id, amount_minor FROM fares").fetchall() == [("lin", 250)]
+    assert bus_db.execute("SELECT rider_id, amount_minor FROM fares").fetchall() == [("man", 250)]
     assert bus_db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     assert bus_db.execute("SELECT count(*) FROM acks").fetchone()[0] == 1
 

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 from cloud_sync import protocol
 from facefare.cli import main
+from tests.helpers import write_door_camera_file, write_man_photo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,7 +113,8 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
         assert res.exit_code == 0, res.output
         return res.output
 
-    # Provisioning as in tests/e2e/test_bus_e2e.py; Lin's gallery delta waits on the broker (retained).
+    # Provisioning as in tests/e2e/test_bus_e2e.py; the gallery delta waits on the broker (retained).
+    # The man of single_face.mp4 is charged once; Lin only talks in the Hamilton clip (issue 20).
     cloud_cli("cloud", "keygen")
     cloud_public = protocol.public_key_text(protocol.load_private_key(cloud_dir / "cloud_key.pem").public_key())
     bus_key = protocol.generate_key()
@@ -121,13 +123,15 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
     photos = tmp_path / "photos"
     (photos / "lin").mkdir(parents=True)
     (photos / "lin" / "lin.png").write_bytes((faces_dir / "lin_manuel_miranda.png").read_bytes())
+    write_man_photo(photos / "man" / "man.jpg")
     assert "published" in cloud_cli("enroll", str(photos), "--quiet")
+    camera_file = write_door_camera_file(tmp_path / "door.mp4")
 
     metrics_port = _free_port()
     bus_toml = tmp_path / "bus.toml"
     bus_toml.write_text(
         f'data_dir = "{bus_dir}"\nlog_level = "INFO"\n[models]\ndir = "{models_dir}"\n'
-        f'[ledger]\nbus_id = "bus-1"\n[camera]\ntype = "file"\ndevice = "{faces_dir / "short_hamilton_clip.mp4"}"\n'
+        f'[ledger]\nbus_id = "bus-1"\n[camera]\ntype = "file"\ndevice = "{camera_file}"\n'
         f'[sync]\ncloud_public_key = "{cloud_public}"\nheartbeat_interval_s = 2\n'
         f'[enrollment]\ngallery_key_file = "{bus_dir / "gallery.key"}"\n'
         f'[metrics]\nhost = "127.0.0.1"\nbus_port = {metrics_port}\n'
@@ -192,7 +196,7 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
     assert value("oldest") > 1
     assert value("wait") == decisions  # every decision has its wait, summed over actions
     assert value("smiles") >= 1  # the charge came after at least one smile
-    assert value("gallery") == 1
+    assert value("gallery") == 2  # riders in the bus gallery: lin and the man
     assert value("disk") > 0
     assert value("camera") == 1
     assert value("fps") > 0

