@@ -38,7 +38,7 @@ from edge.door.tracker import IouTracker
 from edge.faces.geometry import Rect, scale_rect
 from edge.faces.images import ImageError, as_rgb, resize_for_detection
 from edge.faces.landmarks import five_points
-from edge.faces.match import Gallery, Match
+from edge.faces.match import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD, Gallery, Match, Rule
 
 if TYPE_CHECKING:
     from edge.faces.engine import FaceEngine
@@ -53,9 +53,13 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     match_threshold: float = Field(
-        0.5, gt=0, description="Largest embedding distance that counts as a match (clip: Lin 0.31-0.50, others >=0.69)"
+        DEFAULT_THRESHOLD,
+        gt=0,
+        description="Largest embedding distance that counts as a match (clip: Lin 0.31-0.50, others >=0.69)",
     )
-    min_margin: float = Field(0.1, ge=0, description="Second-best rider's distance minus the best, at least")
+    min_margin: float = Field(
+        DEFAULT_MIN_MARGIN, ge=0, description="Second-best rider's distance minus the best, at least"
+    )
     agree_frames: int = Field(3, ge=1, description="Consecutive matching frames of one track naming the same rider")
     max_match_frames: int = Field(15, ge=1, description="Embedded frames without agreement before 'see the driver'")
     detect_side: int = Field(640, ge=80, description="Detection runs on a copy scaled to this longest side")
@@ -271,15 +275,19 @@ class BusPipeline:
             if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
                 best = min(good, key=lambda m: m.distance)
                 return self._charge(tid, index, ts, best)
-            if not any(m.distance <= cfg.match_threshold for m in recent):
+            if not any(self._rule().near(m) for m in recent):
                 worst = min(recent, key=lambda m: m.distance)
                 return self._decide(tid, index, ts, "refuse", None, "unknown", worst)
         if st.embedded >= cfg.max_match_frames:
             return self._decide(tid, index, ts, "see_driver", None, "ambiguous", st.votes[-1])
         return None
 
+    def _rule(self) -> Rule:
+        """The identification rule (edge.faces.match.Rule, the same code as ``edge.faces.identify``)."""
+        return Rule(self.cfg.match_threshold, self.cfg.min_margin)
+
     def _accepts(self, m: Match) -> bool:
-        return m.rider_id is not None and m.distance <= self.cfg.match_threshold and m.margin >= self.cfg.min_margin
+        return self._rule().accepts(m)
 
     def _charge(self, tid: int, index: int, ts: float, m: Match) -> DoorDecision:
         """Whom to charge; the node's ledger thread records the fare and words the final message."""

@@ -56,3 +56,39 @@ class Gallery:
         best = int(order[0])
         second = float(per_rider[order[1]]) if len(order) > 1 else float("inf")
         return Match(str(self._riders[best]), float(per_rider[best]), second - float(per_rider[best]))
+
+
+# -- the identification rule ---------------------------------------------------------------------
+
+DEFAULT_THRESHOLD = 0.5  # largest distance that counts as a match (see docs/accuracy.md)
+DEFAULT_MIN_MARGIN = 0.1  # second-best rider's distance minus the best, at least
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When one frame's :class:`Match` names the rider to charge: close *and* unambiguous.
+
+    ``second_factor`` True means the face alone may not charge anyone (the gallery is larger than
+    the face can serve at the error-rate target): a match then only narrows 1:N to 1:few.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_margin: float = DEFAULT_MIN_MARGIN
+    second_factor: bool = False
+
+    def accepts(self, m: Match) -> bool:
+        """This frame's match names ``m.rider_id`` (before any second factor)."""
+        return m.rider_id is not None and m.distance <= self.threshold and m.margin >= self.min_margin
+
+    def near(self, m: Match) -> bool:
+        """Someone is within the threshold (an accepted or an ambiguous match, not an unknown face)."""
+        return m.rider_id is not None and m.distance <= self.threshold
+
+    def charges(self, m: Match) -> str | None:
+        """The rider the face alone charges, or None (refused, ambiguous, or a second factor is required)."""
+        return m.rider_id if self.accepts(m) and not self.second_factor else None
+
+
+def identify_match(gallery: Gallery, query: np.ndarray, rule: Rule | None = None) -> str | None:
+    """The single-frame identification rule the bus applies: the rider to charge, or None."""
+    return (rule or Rule()).charges(gallery.match(query))
