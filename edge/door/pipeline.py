@@ -9,9 +9,11 @@ Per frame::
          of similar size in the zone -> "One at a time please", nothing else happens)
       -> 5-point landmarks -> aligned chip -> quality gate -> smile gate
       -> embed, only once the smile gate has passed for this track and the frame passes quality
-      -> match against the Gallery: a vote counts when distance <= match_threshold and the
-         margin to the next rider >= min_margin; ``agree_frames`` votes for the same rider
-         in a row make a charge
+      -> match against the Gallery: a vote counts when edge.faces.match.Rule accepts it (distance
+         <= the operating point's threshold, derived at start from the gallery size unless
+         match_threshold is set, and margin to the next rider >= min_margin; the same rule as
+         edge.faces.identify); ``agree_frames`` votes for the same rider in a row make a charge,
+         or, when the gallery is too large for the face alone, a "second_factor" decision
       -> one DoorDecision per track (charge / refuse / see_driver); a charge is recorded by the
          node's ledger thread (edge.door.node), the only code that charges.
 
@@ -38,7 +40,16 @@ from edge.door.tracker import IouTracker
 from edge.faces.geometry import Rect, scale_rect
 from edge.faces.images import ImageError, as_rgb, resize_for_detection
 from edge.faces.landmarks import five_points
-from edge.faces.match import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD, Gallery, Match, Rule
+from edge.faces.match import (
+    DEFAULT_MIN_MARGIN,
+    FPIR_TARGET,
+    MIN_FACE_THRESHOLD,
+    Gallery,
+    Match,
+    OperatingPoint,
+    Rule,
+    operating_point,
+)
 
 if TYPE_CHECKING:
     from edge.faces.engine import FaceEngine
@@ -52,10 +63,20 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    match_threshold: float = Field(
-        DEFAULT_THRESHOLD,
+    match_threshold: float | None = Field(
+        None,
         gt=0,
-        description="Largest embedding distance that counts as a match (clip: Lin 0.31-0.50, others >=0.69)",
+        description="Largest embedding distance that counts as a match; unset: derived at start from the gallery's "
+        "size and fpir_target (edge.faces.match.operating_point, docs/accuracy.md)",
+    )
+    fpir_target: float = Field(
+        FPIR_TARGET, gt=0, lt=1, description="Expected wrong charges per boarding the face alone may cause (worst case)"
+    )
+    min_face_threshold: float = Field(
+        MIN_FACE_THRESHOLD,
+        gt=0,
+        description="A derived threshold below this (a gallery too large for the face alone): every boarding "
+        "needs the second factor",
     )
     min_margin: float = Field(
         DEFAULT_MIN_MARGIN, ge=0, description="Second-best rider's distance minus the best, at least"
@@ -105,6 +126,7 @@ MESSAGES = {
     "ambiguous": "Sorry, we could not confirm who you are: please see the driver",
     "frozen": "Please see the driver",
     "attempts": "Please see the driver",
+    "second_factor": "Please confirm with your code, or see the driver",
 }
 
 
@@ -117,7 +139,7 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts" or the ledger's refusal reason
+    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts", "second_factor" or the ledger's reason
     message: str
     distance: float | None = None
     margin: float | None = None
@@ -169,6 +191,8 @@ class BusPipeline:
             self.regions = RegionPlanner(
                 c.full_detect_every, c.region_margin, c.region_min_margin, c.max_region_fraction, motion
             )
+        self.point: OperatingPoint = self.operating_point(len(gallery.riders))
+        log.info("operating point: %s", self.point.describe())
         self.states: dict[int, TrackState] = {}
         self.decisions: list[DoorDecision] = []
         self.skipped_frames = 0
@@ -274,6 +298,8 @@ class BusPipeline:
             good = [m for m in recent if self._accepts(m)]
             if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
                 best = min(good, key=lambda m: m.distance)
+                if self._rule().second_factor:  # the gallery is too large for the face alone
+                    return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
                 return self._charge(tid, index, ts, best)
             if not any(self._rule().near(m) for m in recent):
                 worst = min(recent, key=lambda m: m.distance)
@@ -282,9 +308,16 @@ class BusPipeline:
             return self._decide(tid, index, ts, "see_driver", None, "ambiguous", st.votes[-1])
         return None
 
+    def operating_point(self, riders: int) -> OperatingPoint:
+        """The rule for a gallery of ``riders`` (edge.faces.match.operating_point, as ``edge.faces.identify``)."""
+        c = self.cfg
+        return operating_point(riders, threshold=c.match_threshold, min_margin=c.min_margin,
+                               fpir_target=c.fpir_target, min_face_threshold=c.min_face_threshold)  # fmt: skip
+
     def _rule(self) -> Rule:
         """The identification rule (edge.faces.match.Rule, the same code as ``edge.faces.identify``)."""
-        return Rule(self.cfg.match_threshold, self.cfg.min_margin)
+        point = self.__dict__.get("point") or self.operating_point(1)
+        return point.rule
 
     def _accepts(self, m: Match) -> bool:
         return self._rule().accepts(m)

@@ -11,7 +11,20 @@ import pytest
 
 from edge import faces
 from edge.door.pipeline import BusPipeline, PipelineConfig
-from edge.faces.match import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD, Gallery, Match, Rule, identify_match
+from edge.faces.match import (
+    DEFAULT_MIN_MARGIN,
+    DEFAULT_THRESHOLD,
+    FPIR_TARGET,
+    TARGET_FPIR,
+    Gallery,
+    Match,
+    Rule,
+    expected_fpir,
+    face_alone_max_riders,
+    identify_match,
+    operating_point,
+    threshold_for,
+)
 
 
 def _unit(i: int, dim: int = 128) -> np.ndarray:
@@ -23,6 +36,7 @@ def _unit(i: int, dim: int = 128) -> np.ndarray:
 def test_identify_names_the_close_unambiguous_rider():
     known = [_unit(0), _unit(1), _unit(2)]
     assert faces.identify(known, ["a", "b", "c"], _unit(0) * 0.9) == "a"  # 0.1 away, others ~1.35
+    assert faces.identify(known, ["a", "b", "c"], _unit(0) * 0.45) is None  # 0.55: over the threshold
 
 
 def test_identify_refuses_far_ambiguous_and_empty():
@@ -47,10 +61,11 @@ def test_identify_checks_lengths():
 
 def test_default_rule_is_the_bus_default_config():
     cfg = PipelineConfig()
-    assert (cfg.match_threshold, cfg.min_margin) == (DEFAULT_THRESHOLD, DEFAULT_MIN_MARGIN)
+    assert cfg.match_threshold is None and cfg.min_margin == DEFAULT_MIN_MARGIN  # derived from the gallery size
     pipe = BusPipeline.__new__(BusPipeline)
     pipe.cfg = cfg
-    assert pipe._rule() == Rule()
+    for riders in (1, 6, 40, 100, 10_000):
+        assert pipe.operating_point(riders) == operating_point(riders)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +80,7 @@ def test_default_rule_is_the_bus_default_config():
 )
 def test_pipeline_vote_and_identify_agree(match, accepted):
     pipe = BusPipeline.__new__(BusPipeline)
-    pipe.cfg = PipelineConfig()
+    pipe.cfg = PipelineConfig(match_threshold=DEFAULT_THRESHOLD)
     assert pipe._accepts(match) is accepted
     assert Rule().accepts(match) is accepted
     assert (Rule().charges(match) is not None) is accepted
@@ -87,3 +102,55 @@ def test_identify_on_fixture_photos(templates, face_engine, faces_dir):
         code = face_engine.embed(face_engine.chips(img, face_engine.landmarks(img, [rect], "small")))[0]
         assert faces.identify(known, names, code) == expected
         assert identify_match(Gallery(names, np.stack(known)), code) == expected
+
+
+# -- the operating point ------------------------------------------------------------------------------
+
+
+def test_default_target_and_the_issue_target():
+    assert FPIR_TARGET == 1e-3 and TARGET_FPIR == 1e-6
+    # the issue's target: the face alone serves only a few dozen riders on this fit
+    assert 20 <= face_alone_max_riders(TARGET_FPIR) <= 200
+    assert operating_point(6, fpir_target=TARGET_FPIR).rule.threshold == pytest.approx(0.343, abs=0.005)
+    assert operating_point(100, fpir_target=TARGET_FPIR).rule.second_factor
+
+
+def test_threshold_keeps_expected_wrong_charges_at_the_target():
+    for riders in (1, 6, 40, 1_000, 1_000_000):
+        t = threshold_for(riders, 1e-6)
+        assert expected_fpir(riders, t) == pytest.approx(1e-6, rel=1e-3)
+        assert expected_fpir(riders, t + 0.01) > 1e-6
+    assert threshold_for(1_000_000) < threshold_for(10_000) < threshold_for(100) < threshold_for(1)
+
+
+def test_small_gallery_runs_face_alone_large_gallery_requires_second_factor():
+    small = operating_point(6)
+    assert not small.rule.second_factor and small.rule.threshold < DEFAULT_THRESHOLD
+    assert small.expected_fpir <= FPIR_TARGET * (1 + 1e-9)
+    limit = face_alone_max_riders()
+    assert 1_000 <= limit < 1_000_000
+    assert not operating_point(limit).rule.second_factor
+    big = operating_point(limit + 1)
+    assert big.rule.second_factor and big.rule.charges(Match("a", 0.1, 0.9)) is None
+    assert "second factor required" in operating_point(1_000_000).describe()
+
+
+def test_operator_threshold_is_kept_but_needs_second_factor_if_over_target():
+    loose = operating_point(6, threshold=0.5, fpir_target=TARGET_FPIR)
+    assert not loose.derived and loose.face_threshold == 0.5
+    assert loose.expected_fpir > 1e-6 and loose.rule.second_factor
+    relaxed = operating_point(6, threshold=0.5, fpir_target=0.01)  # the operator accepts 1 in 100
+    assert not relaxed.rule.second_factor and relaxed.rule.threshold == 0.5
+
+
+def test_identify_follows_the_operating_point_of_its_gallery_size():
+    rng = np.random.default_rng(0)
+    probe = _unit(0)
+    near = probe * 0.55 + _unit(1) * 0.1  # 0.46 from the probe: within 1 rider's threshold, not 6,000's
+    assert threshold_for(6_000) < np.linalg.norm(near - probe) < threshold_for(1)
+    assert faces.identify([near], ["a"], probe) == "a"
+    others = [rng.normal(size=(face_alone_max_riders() + 1, 128)) * 3 + 5]
+    others = list(others[0])
+    known = [near, *others]
+    names = ["a", *[f"r{i}" for i in range(len(others))]]
+    assert faces.identify(known, names, probe) is None  # too many riders: the face alone never charges
