@@ -43,11 +43,13 @@ from edge.faces.landmarks import five_points
 from edge.faces.match import (
     DEFAULT_MIN_MARGIN,
     FPIR_TARGET,
+    LOOKALIKE_MAX_TEMPLATES,
     MIN_FACE_THRESHOLD,
     Gallery,
     Match,
     OperatingPoint,
     Rule,
+    lookalikes,
     operating_point,
 )
 
@@ -193,6 +195,7 @@ class BusPipeline:
             )
         self.point: OperatingPoint = self.operating_point(len(gallery.riders))
         log.info("operating point: %s", self.point.describe())
+        self.lookalikes = self._lookalikes(gallery)
         self.states: dict[int, TrackState] = {}
         self.decisions: list[DoorDecision] = []
         self.skipped_frames = 0
@@ -298,7 +301,7 @@ class BusPipeline:
             good = [m for m in recent if self._accepts(m)]
             if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
                 best = min(good, key=lambda m: m.distance)
-                if self._rule().second_factor:  # the gallery is too large for the face alone
+                if self._rule().second_factor or best.rider_id in self.lookalikes:  # face alone not enough
                     return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
                 return self._charge(tid, index, ts, best)
             if not any(self._rule().near(m) for m in recent):
@@ -313,6 +316,17 @@ class BusPipeline:
         c = self.cfg
         return operating_point(riders, threshold=c.match_threshold, min_margin=c.min_margin,
                                fpir_target=c.fpir_target, min_face_threshold=c.min_face_threshold)  # fmt: skip
+
+    def _lookalikes(self, gallery) -> dict[str, tuple[str, float]]:
+        """Riders within threshold + margin of another rider: they confirm with the second factor."""
+        matcher = gallery.gallery() if callable(getattr(gallery, "gallery", None)) else gallery
+        rule = self.point.rule
+        if rule.second_factor or len(matcher.rider_ids) > LOOKALIKE_MAX_TEMPLATES:
+            return {}
+        found = lookalikes(matcher.rider_ids, matcher.embeddings, rule.threshold + rule.min_margin)
+        if found:
+            log.info("%d lookalike rider(s) confirm with the second factor", len(found))
+        return found
 
     def _rule(self) -> Rule:
         """The identification rule (edge.faces.match.Rule, the same code as ``edge.faces.identify``)."""

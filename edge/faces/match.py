@@ -195,3 +195,34 @@ def face_alone_max_riders(
     if p <= 0:
         return 2**31
     return max(int(math.floor(math.log1p(-fpir_target) / math.log1p(-p))), 0)
+
+
+# -- lookalikes: enrolled riders too close to another enrolled rider for the face alone -------------
+
+LOOKALIKE_DISTANCE = 0.6  # a rider whose nearest other rider's template is this close is a lookalike
+LOOKALIKE_MAX_TEMPLATES = 50_000  # beyond this the all-pairs check is skipped (minutes on a bus)
+
+
+def lookalikes(
+    rider_ids: list[str] | np.ndarray, embeddings: np.ndarray, distance: float = LOOKALIKE_DISTANCE, chunk: int = 2048
+) -> dict[str, tuple[str, float]]:
+    """Riders with another rider's template within ``distance`` of one of theirs: rider -> (nearest other, distance).
+
+    Used at enrollment (flag and audit) and on the bus (those riders confirm with the second factor
+    instead of being refused as ambiguous). Templates of one rider never count against each other.
+    """
+    ids = np.asarray([str(r) for r in rider_ids], dtype=object)
+    x = np.asarray(embeddings, np.float32).reshape(len(ids), -1) if len(ids) else np.zeros((0, 128), np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
+    out: dict[str, tuple[str, float]] = {}
+    for start in range(0, len(ids), chunk):
+        block = x[start : start + chunk]
+        d2 = sq[start : start + chunk, None] - 2.0 * (block @ x.T) + sq[None]
+        d2[ids[start : start + chunk, None] == ids[None]] = np.inf  # the rider's own templates
+        nearest = np.argmin(d2, axis=1)
+        dist = np.sqrt(np.maximum(d2[np.arange(len(block)), nearest], 0.0))
+        for k in np.flatnonzero(dist <= distance):
+            rider, other, dd = str(ids[start + k]), str(ids[nearest[k]]), float(dist[k])
+            if rider not in out or dd < out[rider][1]:
+                out[rider] = (other, dd)
+    return out

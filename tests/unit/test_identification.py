@@ -78,3 +78,19 @@ def test_the_tail_fit_recovers_a_known_normal():
     assert mu == pytest.approx(0.86, abs=0.01) and sigma == pytest.approx(0.10, abs=0.01)
     t = bench.threshold_for(10_000, mu, sigma)
     assert float(bench.fpir(10_000, t, mu, sigma)) == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_enrollment_flags_the_lookalike_trio(engine, tmp_path):
+    from enrollment.enroll import Enroller
+    from enrollment.store import RiderRecord, TemplateStore
+
+    store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
+    enroller = Enroller(engine, store)
+    first = enroller.enroll(RiderRecord(rider_id="p042"), [("n.jpg", LONDON / "042_neutral.jpg")])
+    assert first.status == "enrolled" and first.lookalike_of is None
+    second = enroller.enroll(RiderRecord(rider_id="p043"), [("n.jpg", LONDON / "043_neutral.jpg")])
+    assert second.status == "enrolled" and second.lookalike_of == "p042", second
+    assert "second factor" in second.message
+    other = enroller.enroll(RiderRecord(rider_id="p005"), [("n.jpg", LONDON / "005_neutral.jpg")])
+    assert other.status == "enrolled" and other.lookalike_of is None
+    assert [e["action"] for e in store.audit_log("p043")].count("lookalike_flagged") == 1

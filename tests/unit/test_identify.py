@@ -154,3 +154,30 @@ def test_identify_follows_the_operating_point_of_its_gallery_size():
     known = [near, *others]
     names = ["a", *[f"r{i}" for i in range(len(others))]]
     assert faces.identify(known, names, probe) is None  # too many riders: the face alone never charges
+
+
+# -- lookalikes -----------------------------------------------------------------------------------
+
+
+def test_lookalikes_flags_both_riders_of_a_close_pair_and_ignores_own_templates():
+    from edge.faces.match import lookalikes
+
+    a, a2, b, c = _unit(0), _unit(0) * 0.9 + _unit(3) * 0.1, _unit(0) * 0.7 + _unit(1) * 0.3, _unit(2)
+    found = lookalikes(["a", "a", "b", "c"], np.stack([a, a2, b, c]), 0.6)
+    assert set(found) == {"a", "b"}  # a's two templates are not lookalikes of each other; c is far
+    assert found["a"][0] == "b" and found["b"][0] == "a" and found["a"][1] < 0.6
+    assert lookalikes(["a", "a"], np.stack([a, a2]), 0.6) == {}
+    assert lookalikes([], np.zeros((0, 128)), 0.6) == {}
+    # chunks give the same answer
+    assert lookalikes(["a", "a", "b", "c"], np.stack([a, a2, b, c]), 0.6, chunk=1) == found
+
+
+def test_pipeline_asks_lookalikes_for_the_second_factor():
+    pipe = BusPipeline.__new__(BusPipeline)
+    pipe.cfg = PipelineConfig()
+    pipe.point = operating_point(3)
+    a, b, c = _unit(0), _unit(0) * 0.75 + _unit(1) * 0.3, _unit(2)
+    found = pipe._lookalikes(Gallery(["a", "b", "c"], np.stack([a, b, c])))
+    assert set(found) == {"a", "b"}
+    pipe.point = operating_point(10**6)  # everyone needs the second factor already: no all-pairs check
+    assert pipe._lookalikes(Gallery(["a", "b", "c"], np.stack([a, b, c]))) == {}
