@@ -3,7 +3,8 @@
 For every registered bus the cloud remembers what it has published to it (rider id -> rider
 revision) and its version chain. :meth:`GalleryDistributor.sync` compares that with what the bus
 should hold now (every active rider with templates of the current model, limited to the rider's
-``buses`` when set) and publishes the difference as deltas ``base_version -> version``: erasures
+``buses`` and ``zones`` when set: a bus holds the riders listing it and the riders of its
+zones) and publishes the difference as deltas ``base_version -> version``: erasures
 first, then additions and updates, cut so each delta fits one MQTT message. Each delta is sealed
 for that bus alone (``cloud_sync.gallery.delta``), signed with the cloud key and published with QoS 1,
 *retained* (the newest delta is the bus's "gallery head" after a reconnection).
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS gallery_buses (
     acked_version INTEGER NOT NULL DEFAULT 0,
     acked_at TEXT,
     registered_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gallery_bus_zones (
+    bus_id TEXT NOT NULL REFERENCES gallery_buses(bus_id),
+    zone TEXT NOT NULL,
+    PRIMARY KEY (bus_id, zone)
 );
 CREATE TABLE IF NOT EXISTS gallery_bus_riders (
     bus_id TEXT NOT NULL REFERENCES gallery_buses(bus_id),
@@ -132,8 +138,8 @@ class GalleryDistributor:
 
     # -- buses --------------------------------------------------------------------------------
 
-    def register_bus(self, bus_id: str, *, actor: str = "operator") -> bytes:
-        """Create the bus's 256-bit gallery secret (returned once, to provision the bus)."""
+    def register_bus(self, bus_id: str, *, zones: list[str] | None = None, actor: str = "operator") -> bytes:
+        """Create the bus's 256-bit gallery secret (returned once, to provision the bus); ``zones``: its zones."""
         import secrets
 
         secret = secrets.token_bytes(32)
@@ -143,8 +149,27 @@ class GalleryDistributor:
                 raise ValueError(f"bus {bus_id} is already registered")
             db.execute("INSERT INTO gallery_buses (bus_id, secret_nonce, secret_ct, registered_at) VALUES (?, ?, ?, ?)",
                        (bus_id, nonce, ct, now_iso()))  # fmt: skip
-            self.store.audit(db, actor, "register_bus", None, bus_id=bus_id)
+            self.store.audit(db, actor, "register_bus", None, bus_id=bus_id, zones=sorted(set(zones or [])))
+            self._set_zones(db, bus_id, zones or [])
         return secret
+
+    def set_bus_zones(self, bus_id: str, zones: list[str], *, actor: str = "operator") -> None:
+        """The zones whose riders ``bus_id`` holds from its next delta on (riders leaving them are erased from it)."""
+        with self.store.transaction() as db:
+            if not db.execute("SELECT 1 FROM gallery_buses WHERE bus_id = ?", (bus_id,)).fetchone():
+                raise KeyError(f"bus {bus_id} is not registered")
+            self._set_zones(db, bus_id, zones)
+            self.store.audit(db, actor, "bus_zones", None, bus_id=bus_id, zones=sorted(set(zones)))
+
+    @staticmethod
+    def _set_zones(db: sqlite3.Connection, bus_id: str, zones: list[str]) -> None:
+        db.execute("DELETE FROM gallery_bus_zones WHERE bus_id = ?", (bus_id,))
+        db.executemany("INSERT INTO gallery_bus_zones VALUES (?, ?)", [(bus_id, z) for z in sorted(set(zones))])
+
+    def bus_zones(self, bus_id: str) -> list[str]:
+        with self.store.lock:
+            rows = self.store.db.execute("SELECT zone FROM gallery_bus_zones WHERE bus_id = ? ORDER BY zone", (bus_id,))
+            return [r[0] for r in rows.fetchall()]
 
     def buses(self) -> list[dict[str, Any]]:
         with self.store.lock:
@@ -167,7 +192,18 @@ class GalleryDistributor:
             "EXISTS (SELECT 1 FROM templates t WHERE t.rider_id = r.rider_id AND t.model_sha256 = ?)",
             (self.model_sha256,),
         ).fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows if not r[3] or bus_id in r[3].split(",")}
+        mine = {z for (z,) in db.execute("SELECT zone FROM gallery_bus_zones WHERE bus_id = ?", (bus_id,))}
+        zones: dict[str, set[str]] = {}
+        for rider, zone in db.execute("SELECT rider_id, zone FROM rider_zones"):
+            zones.setdefault(rider, set()).add(zone)
+
+        def held(rider: str, buses: str) -> bool:
+            listed = [b for b in buses.split(",") if b]
+            if not listed and rider not in zones:
+                return True  # no buses, no zones: every bus
+            return bus_id in listed or bool(zones.get(rider, set()) & mine)
+
+        return {r[0]: (r[1], r[2]) for r in rows if held(r[0], r[3])}
 
     def build(self, bus_id: str, since: int | None = None) -> list[Published]:
         """Make (and record as published) the deltas that bring ``bus_id`` up to date.

@@ -53,7 +53,12 @@ class RiderRecord(BaseModel):
     concession: str = Field("adult", min_length=1, max_length=40, description="Fare concession, e.g. adult, child")
     account: str = Field("", max_length=200, description="The account fares are billed to")
     buses: list[RiderId] = Field(
-        default_factory=list, description="Buses whose gallery holds this rider; empty: every bus"
+        default_factory=list, description="Buses whose gallery holds this rider; empty (and no zones): every bus"
+    )
+    zones: list[RiderId] = Field(
+        default_factory=list,
+        description="Zones (routes, a region, 'my usual buses') whose buses hold this rider; a bus holds the riders "
+        "of its own zones, so its gallery (N) stays small. No buses and no zones: every bus",
     )
 
 
@@ -100,6 +105,11 @@ CREATE TABLE IF NOT EXISTS templates (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS templates_rider ON templates(rider_id);
+CREATE TABLE IF NOT EXISTS rider_zones (
+    rider_id TEXT NOT NULL REFERENCES riders(rider_id),
+    zone TEXT NOT NULL,
+    PRIMARY KEY (rider_id, zone)
+);
 CREATE TABLE IF NOT EXISTS photos (
     photo_id TEXT PRIMARY KEY,
     rider_id TEXT NOT NULL REFERENCES riders(rider_id),
@@ -232,6 +242,7 @@ class TemplateStore:
                 (record.rider_id, record.display_name, record.reference, record.concession, record.account,
                  ",".join(record.buses), rev, now, now),
             )  # fmt: skip
+            self._set_zones(db, record.rider_id, record.zones)
             self._insert_templates(db, record.rider_id, embeddings, model_sha256)
             kept = self._insert_photos(db, record.rider_id, photos or [])
             self.audit(db, actor, "enroll", record.rider_id, templates=len(embeddings), model_sha256=model_sha256,
@@ -249,7 +260,19 @@ class TemplateStore:
                 (record.display_name, record.reference, record.concession, record.account, ",".join(record.buses),
                  self._next_revision(db), now_iso(), record.rider_id),
             )  # fmt: skip
+            self._set_zones(db, record.rider_id, record.zones)
             self.audit(db, actor, "update", record.rider_id, concession=record.concession)
+
+    @staticmethod
+    def _set_zones(db: sqlite3.Connection, rider_id: str, zones: list[str]) -> None:
+        db.execute("DELETE FROM rider_zones WHERE rider_id = ?", (rider_id,))
+        db.executemany("INSERT INTO rider_zones VALUES (?, ?)", [(rider_id, z) for z in sorted(set(zones))])
+
+    def zones(self, rider_id: str) -> list[str]:
+        """The rider's zones (empty: none)."""
+        with self.lock:
+            rows = self.db.execute("SELECT zone FROM rider_zones WHERE rider_id = ? ORDER BY zone", (rider_id,))
+            return [r[0] for r in rows.fetchall()]
 
     def replace_templates(
         self, rider_id: str, embeddings: list[np.ndarray], *, model_sha256: str, actor: str = "operator",

@@ -260,8 +260,11 @@ def enrollment() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the bus's gallery key (mode 0600); copy it to the bus "
                    "([enrollment] gallery_key_file).")
+@click.option("--zone", "zones", multiple=True,
+              help="A zone (route, region) whose riders this bus holds; repeat for several. Riders enrolled "
+                   "with zones reach only their zones' buses, so each bus's gallery stays small.")
 @pass_ctx
-def register_bus(ctx: Context, bus_id: str, out: Path) -> None:
+def register_bus(ctx: Context, bus_id: str, out: Path, zones: tuple[str, ...]) -> None:
     """Create BUS_ID's gallery key: deltas for that bus are encrypted with it alone."""
     import base64
     import os
@@ -271,7 +274,7 @@ def register_bus(ctx: Context, bus_id: str, out: Path) -> None:
     cfg = ctx.cfg
     dist = _distributor(cfg, _store(cfg), connect=False)
     try:
-        secret = dist.register_bus(bus_id)
+        secret = dist.register_bus(bus_id, zones=list(zones))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
