@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge.door.motion import MotionMask, RegionPlanner
 from edge.door.quality import QualityConfig, assess
+from edge.door.second_factor import SecondFactor
 from edge.door.smile import SmileConfig, SmileGate, SmileState
 from edge.door.tracker import IouTracker
 from edge.faces.geometry import Rect, scale_rect
@@ -129,6 +130,8 @@ MESSAGES = {
     "frozen": "Please see the driver",
     "attempts": "Please see the driver",
     "second_factor": "Please confirm with your code, or see the driver",
+    "enter_code": "Please type your code and press Enter",
+    "wrong_code": "Wrong code: please try again",
 }
 
 
@@ -165,6 +168,7 @@ class TrackState:
     embedded: int = 0
     decided: DoorDecision | None = None
     last_prompt: str = ""
+    awaiting_code: Match | None = None  # the face named this rider; their code is asked (second factor)
 
 
 class BusPipeline:
@@ -178,6 +182,7 @@ class BusPipeline:
         smile: SmileConfig | None = None,
         feedback: Callable[[Feedback], None] | None = None,
         tracker: IouTracker | None = None,
+        second_factor: SecondFactor | None = None,
     ) -> None:
         self.engine = engine
         self.gallery = gallery
@@ -186,6 +191,7 @@ class BusPipeline:
         self.smile_gate = SmileGate(smile or SmileConfig())
         self.feedback = feedback or (lambda fb: None)
         self.tracker = tracker or IouTracker()
+        self.second_factor = second_factor  # edge.door.second_factor; None: "see the driver" instead
         c = self.cfg
         self.regions: RegionPlanner | None = None
         if c.detect_regions == "motion":
@@ -221,6 +227,8 @@ class BusPipeline:
         seen, ended = self.tracker.update(rects, ts)
         for track in ended:
             self.states.pop(track.id, None)
+            if self.second_factor is not None:
+                self.second_factor.cancel(track.id)
         candidate = self._door_face(seen, rgb.shape)
         if candidate is None:
             return []
@@ -275,6 +283,8 @@ class BusPipeline:
         self, rgb: np.ndarray, tid: int, rect: Rect, st: TrackState, ts: float, index: int
     ) -> DoorDecision | None:
         cfg = self.cfg
+        if st.awaiting_code is not None:
+            return self._code_step(tid, index, ts, st)
         landmarks = self.engine.landmarks(rgb, [rect])
         chip = self.engine.chips(rgb, landmarks)[0]
         q = assess(five_points(landmarks[0]), chip, rect, rgb.shape, self.quality_cfg)
@@ -302,7 +312,12 @@ class BusPipeline:
             if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
                 best = min(good, key=lambda m: m.distance)
                 if self._rule().second_factor or best.rider_id in self.lookalikes:  # face alone not enough
-                    return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
+                    assert best.rider_id is not None
+                    if self.second_factor is None or not self.second_factor.start(tid, best.rider_id):
+                        return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
+                    st.awaiting_code = best
+                    self._prompt(tid, "enter_code")
+                    return None
                 return self._charge(tid, index, ts, best)
             if not any(self._rule().near(m) for m in recent):
                 worst = min(recent, key=lambda m: m.distance)
@@ -316,6 +331,18 @@ class BusPipeline:
         c = self.cfg
         return operating_point(riders, threshold=c.match_threshold, min_margin=c.min_margin,
                                fpir_target=c.fpir_target, min_face_threshold=c.min_face_threshold)  # fmt: skip
+
+    def _code_step(self, tid: int, index: int, ts: float, st: TrackState) -> DoorDecision | None:
+        """The second factor's hook: charge the rider the face named once their code checks out."""
+        assert self.second_factor is not None and st.awaiting_code is not None
+        outcome = self.second_factor.poll(tid)
+        if outcome == "ok":
+            return self._charge(tid, index, ts, st.awaiting_code)
+        if outcome == "refused":
+            return self._decide(tid, index, ts, "see_driver", None, "second_factor", st.awaiting_code)
+        if outcome == "wrong":
+            self._prompt(tid, "wrong_code")
+        return None
 
     def _lookalikes(self, gallery) -> dict[str, tuple[str, float]]:
         """Riders within threshold + margin of another rider: they confirm with the second factor."""

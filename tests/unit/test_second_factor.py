@@ -1,0 +1,152 @@
+"""The second factor: keyed code hashes, attempt limits, lockout, the keypad, and the pipeline's hook."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import pytest
+
+from edge.door.pipeline import BusPipeline, PipelineConfig, TrackState
+from edge.door.second_factor import SecondFactor, SecondFactorConfig, code_hash, valid_code
+from edge.faces.match import Match
+from hardware.keypad import open_keypad
+from hardware.keypad.console import ConsoleKeypad
+
+KEY = b"k" * 32
+CODE = "4711"
+
+
+class ListKeypad:
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+
+    def poll(self) -> str | None:
+        return self.entries.pop(0) if self.entries else None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(cfg: SecondFactorConfig | None = None):
+    pad, clock = ListKeypad(), Clock()
+    hashes = {"alice": code_hash(KEY, "alice", CODE), "bob": code_hash(KEY, "bob", "9999")}
+    return SecondFactor(pad, hashes.get, KEY, cfg or SecondFactorConfig(), clock), pad, clock
+
+
+def test_code_hash_is_keyed_and_bound_to_the_rider():
+    h = code_hash(KEY, "alice", CODE)
+    assert len(h) == 32 and h == code_hash(KEY, "alice", CODE)
+    assert h != code_hash(b"x" * 32, "alice", CODE) and h != code_hash(KEY, "bob", CODE)
+    assert CODE.encode() not in h
+    with pytest.raises(ValueError):
+        code_hash(b"short", "alice", CODE)
+    assert valid_code("1234") and not valid_code("123") and not valid_code("12a4") and not valid_code("１２３４")
+
+
+def test_right_code_confirms_the_rider_the_face_named(caplog):
+    sf, pad, _ = make()
+    caplog.set_level(logging.DEBUG)
+    pad.entries.append("0000")  # typed before the prompt: dropped
+    assert sf.start(1, "alice")
+    assert sf.poll(1) == "pending"
+    pad.entries.append("1234")
+    assert sf.poll(1) == "wrong"
+    pad.entries.append(CODE)
+    assert sf.poll(1) == "ok"
+    assert CODE not in caplog.text and "1234" not in caplog.text  # nothing of a code is ever logged
+    assert CODE not in repr(sf)
+
+
+def test_another_riders_code_does_not_confirm():
+    sf, pad, _ = make()
+    assert sf.start(1, "alice")
+    pad.entries.append("9999")  # bob's code
+    assert sf.poll(1) == "wrong"
+
+
+def test_attempts_per_track_then_see_the_driver():
+    sf, pad, _ = make(SecondFactorConfig(max_attempts=2))
+    assert sf.start(1, "alice")
+    pad.entries += ["1111", "2222", CODE]
+    assert [sf.poll(1), sf.poll(1)] == ["wrong", "refused"]
+    assert sf.poll(1) == "refused"  # the track is done, even with the right code now
+
+
+def test_failures_per_rider_lock_the_code_across_tracks_for_the_window():
+    sf, pad, clock = make(SecondFactorConfig(max_attempts=3, max_failures=4, lockout_s=600))
+    for track in (1, 2):
+        assert sf.start(track, "alice")
+        pad.entries += ["1111", "2222"]
+        assert sf.poll(track) == "wrong"
+        assert sf.poll(track) in ("wrong", "refused")
+    assert sf.locked("alice") and not sf.start(3, "alice")  # 4 failures within the window
+    assert sf.start(4, "bob")  # another rider is not affected
+    clock.now += 601
+    assert not sf.locked("alice") and sf.start(5, "alice")
+    pad.entries.append(CODE)
+    assert sf.poll(5) == "ok"
+
+
+def test_timeout_and_riders_without_a_code():
+    sf, pad, clock = make(SecondFactorConfig(timeout_s=10))
+    assert not sf.start(1, "carol")  # no code enrolled: the driver
+    assert sf.start(2, "alice")
+    clock.now += 11
+    pad.entries.append(CODE)
+    assert sf.poll(2) == "refused"
+
+
+def test_console_keypad_reads_lines():
+    pad = ConsoleKeypad(io.StringIO("1234\n 5678 \n"))
+    deadline = time.monotonic() + 2
+    got = []
+    while len(got) < 2 and time.monotonic() < deadline:
+        entry = pad.poll()
+        if entry is not None:
+            got.append(entry)
+    assert got == ["1234", "5678"]
+    assert open_keypad("none") is None
+
+
+def test_pipeline_charges_only_after_the_code_checks_out():
+    sf, pad, _ = make()
+    pipe = BusPipeline.__new__(BusPipeline)
+    pipe.cfg = PipelineConfig()
+    pipe.second_factor = sf
+    prompts = []
+    pipe.feedback = prompts.append
+    pipe.states = {}
+    st = pipe.states.setdefault(7, TrackState())
+    named = Match("alice", 0.42, 0.3)
+    assert sf.start(7, "alice")
+    st.awaiting_code = named
+    assert pipe._step(None, 7, None, st, 1.0, 10) is None  # nothing typed yet: no landmarks, no charge
+    pad.entries.append("0000")
+    assert pipe._step(None, 7, None, st, 1.1, 11) is None
+    assert prompts[-1].message.startswith("Wrong code")
+    pad.entries.append(CODE)
+    decision = pipe._step(None, 7, None, st, 1.2, 12)
+    assert decision.action == "charge" and decision.rider_id == "alice" and decision.distance == 0.42
+    assert CODE not in repr(decision)
+
+
+def test_pipeline_sends_to_the_driver_when_the_code_fails():
+    sf, pad, _ = make(SecondFactorConfig(max_attempts=1))
+    pipe = BusPipeline.__new__(BusPipeline)
+    pipe.cfg = PipelineConfig()
+    pipe.second_factor = sf
+    pipe.feedback = lambda fb: None
+    pipe.states = {}
+    st = pipe.states.setdefault(3, TrackState())
+    assert sf.start(3, "alice")
+    st.awaiting_code = Match("alice", 0.42, 0.3)
+    pad.entries.append("0000")
+    decision = pipe._step(None, 3, None, st, 1.0, 10)
+    assert decision.action == "see_driver" and decision.rider_id is None and decision.reason == "second_factor"
