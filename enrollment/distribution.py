@@ -30,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_sync.gallery.delta import derive_keys, op_size, put_op, seal_delta
+from cloud_sync.gallery.delta import code_key, derive_keys, op_size, put_op, seal_delta
 from cloud_sync.protocol import (
     CLOUD,
     MAX_PAYLOAD_BYTES,
@@ -43,6 +43,7 @@ from cloud_sync.protocol import (
     parse,
     topic_for,
 )
+from edge.door.second_factor import keyed
 from enrollment.store import TemplateStore, now_iso, seal, unseal
 
 log = logging.getLogger(__name__)
@@ -231,10 +232,14 @@ class GalleryDistributor:
             erases = sorted(r for r in touched if r not in wanted)
             puts = sorted(r for r in touched if r in wanted)
             ops: list[dict] = [{"op": "erase", "rider_id": r} for r in erases]
+            secret = self._secret(db, bus_id)
+            codes = code_key(secret)
             for rider in puts:
                 templates = [t.embedding for t in self.store.templates(rider, self.model_sha256)]
-                ops.append(put_op("update" if rider in sent else "add", rider, wanted[rider][1], templates))
-            delta_key, _ = derive_keys(self._secret(db, bus_id))
+                digest = self.store.code_digest(rider)
+                code = keyed(codes, digest) if digest is not None else None
+                ops.append(put_op("update" if rider in sent else "add", rider, wanted[rider][1], templates, code))
+            delta_key, _ = derive_keys(secret)
             out = []
             for chunk in self._chunks(ops):
                 version = head + 1

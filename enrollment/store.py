@@ -105,6 +105,11 @@ CREATE TABLE IF NOT EXISTS templates (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS templates_rider ON templates(rider_id);
+CREATE TABLE IF NOT EXISTS rider_codes (
+    rider_id TEXT PRIMARY KEY REFERENCES riders(rider_id),
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rider_zones (
     rider_id TEXT NOT NULL REFERENCES riders(rider_id),
     zone TEXT NOT NULL,
@@ -268,6 +273,31 @@ class TemplateStore:
         db.execute("DELETE FROM rider_zones WHERE rider_id = ?", (rider_id,))
         db.executemany("INSERT INTO rider_zones VALUES (?, ?)", [(rider_id, z) for z in sorted(set(zones))])
 
+    def set_code(self, rider_id: str, code: str, *, actor: str = "operator") -> None:
+        """Keep the rider's second-factor code as its sealed slow digest (never the code); buses get it
+        keyed for each of them with the next sync. The audit log records that it changed, not what."""
+        from edge.door.second_factor import code_digest, valid_code
+
+        if not valid_code(code):
+            raise StoreError("a code is 4 to 8 digits")
+        digest = code_digest(rider_id, code)
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM riders WHERE rider_id = ?", (rider_id,)).fetchone()
+            if row is None or row["status"] != "active":
+                raise StoreError(f"rider {rider_id} is not enrolled")
+            nonce, ct = seal(self.key, digest, f"facefare-code|{rider_id}".encode())
+            db.execute("INSERT OR REPLACE INTO rider_codes VALUES (?, ?, ?)", (rider_id, nonce, ct))
+            db.execute("UPDATE riders SET revision = ?, updated_at = ? WHERE rider_id = ?",
+                       (self._next_revision(db), now_iso(), rider_id))  # fmt: skip
+            self.audit(db, actor, "code_set", rider_id)
+
+    def code_digest(self, rider_id: str) -> bytes | None:
+        """The sealed digest of the rider's code, unsealed (None: no code)."""
+        with self.lock:
+            sql = "SELECT nonce, ciphertext FROM rider_codes WHERE rider_id = ?"
+            row = self.db.execute(sql, (rider_id,)).fetchone()
+        return None if row is None else unseal(self.key, row[0], row[1], f"facefare-code|{rider_id}".encode())
+
     def zones(self, rider_id: str) -> list[str]:
         """The rider's zones (empty: none)."""
         with self.lock:
@@ -367,6 +397,7 @@ class TemplateStore:
             raise StoreError(f"rider {rider_id} is already erased")
         n = db.execute("DELETE FROM templates WHERE rider_id = ?", (rider_id,)).rowcount
         photos = db.execute("DELETE FROM photos WHERE rider_id = ?", (rider_id,)).rowcount
+        db.execute("DELETE FROM rider_codes WHERE rider_id = ?", (rider_id,))
         db.execute(
             "UPDATE riders SET status = 'erased', display_name = '', reference = '', account = '', revision = ?, "
             "updated_at = ? WHERE rider_id = ?",

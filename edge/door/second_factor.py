@@ -4,9 +4,13 @@ When the face alone may not charge (a gallery larger than the face can serve at 
 target, or a rider flagged as a lookalike; see ``edge.faces.match.operating_point``), the door
 pipeline asks the rider the face named for their code: 1:N becomes 1:1 plus a code.
 
-* **Offline**: the bus checks the code against a *keyed hash*, HMAC-SHA256 under the fleet's code
-  key of ``rider id + code`` (:func:`code_hash`), which travels and rests only inside the encrypted
-  gallery. The code itself is never stored, logged, sent or kept in a decision.
+* **Offline**: the bus checks the code against a *keyed hash* (:func:`code_hash`): HMAC-SHA256,
+  under a code key only that bus and the cloud can derive (from the bus's gallery secret), of the
+  code's slow rider-salted digest (scrypt). The cloud keeps only the digest, sealed; each bus gets
+  its own keyed hash inside its encrypted deltas and stores it sealed in its encrypted gallery.
+  The code itself is never stored, logged, sent or kept in a decision. (A short code checked
+  offline can be brute-forced by whoever holds a bus's key and gallery: the sealing at rest and
+  the bus's own key are what protect it.)
 * **Rate-limited**: ``max_attempts`` wrong codes end the track ("see the driver");
   ``max_failures`` wrong codes for one rider within ``lockout_s`` lock that rider's code on this
   bus for the rest of the window (someone trying codes against one account across tracks).
@@ -44,6 +48,10 @@ class SecondFactorConfig(BaseModel):
     max_failures: int = Field(5, ge=1, le=100, description="Wrong codes per rider within lockout_s before a lockout")
     lockout_s: float = Field(3600.0, gt=0, description="Window (and lockout) for max_failures, seconds")
     timeout_s: float = Field(20.0, gt=0, description="Seconds a rider has to type the code")
+    keypad: Literal["none", "console", "usb"] = Field(
+        "none", description="Keypad by the door: none (the driver instead), console (demo), usb (/dev/input keypad)"
+    )
+    keypad_device: str = Field("", description="With keypad = usb: the /dev/input/event* device")
 
 
 class Keypad(Protocol):
@@ -55,11 +63,21 @@ def valid_code(code: str, cfg: SecondFactorConfig | None = None) -> bool:
     return code.isdigit() and code.isascii() and c.min_digits <= len(code) <= c.max_digits
 
 
-def code_hash(key: bytes, rider_id: str, code: str) -> bytes:
-    """The keyed hash stored for ``rider_id``'s code (32 bytes); the code itself is never stored."""
+def code_digest(rider_id: str, code: str) -> bytes:
+    """The slow, rider-salted digest of a code (scrypt): what the cloud keeps, sealed, instead of the code."""
+    return hashlib.scrypt(code.encode(), salt=b"facefare-code\0" + rider_id.encode(), n=2**14, r=8, p=1, dklen=32)
+
+
+def keyed(key: bytes, digest: bytes) -> bytes:
+    """The keyed hash a bus stores: HMAC-SHA256 of the code's digest under that bus's code key."""
     if len(key) < 16:
         raise ValueError("the code key must be at least 16 bytes")
-    return hmac.new(key, b"facefare-code\0" + rider_id.encode() + b"\0" + code.encode(), hashlib.sha256).digest()
+    return hmac.new(key, digest, hashlib.sha256).digest()
+
+
+def code_hash(key: bytes, rider_id: str, code: str) -> bytes:
+    """The keyed hash of ``rider_id``'s code under ``key`` (32 bytes); the code itself is never stored."""
+    return keyed(key, code_digest(rider_id, code))
 
 
 @dataclass

@@ -4,14 +4,14 @@ Each has ``poll() -> str | None``: one finished entry (the digits typed before E
 Nothing typed is logged or kept once it has been returned.
 
 * ``console`` (:mod:`hardware.keypad.console`): lines typed on a terminal (the demo);
-* ``evdev`` (:mod:`hardware.keypad.usb`): a USB keypad (a keyboard device under /dev/input).
+* ``usb`` (:mod:`hardware.keypad.usb`): a USB keypad (a keyboard device under /dev/input).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-KeypadName = Literal["none", "console", "evdev"]
+KeypadName = Literal["none", "console", "usb"]
 
 
 def open_keypad(name: KeypadName, device: str = ""):
@@ -22,7 +22,7 @@ def open_keypad(name: KeypadName, device: str = ""):
         from hardware.keypad.console import ConsoleKeypad
 
         return ConsoleKeypad()
-    if name == "evdev":
+    if name == "usb":
         from hardware.keypad.usb import EvdevKeypad
 
         return EvdevKeypad(device)

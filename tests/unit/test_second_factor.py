@@ -150,3 +150,41 @@ def test_pipeline_sends_to_the_driver_when_the_code_fails():
     pad.entries.append("0000")
     decision = pipe._step(None, 3, None, st, 1.0, 10)
     assert decision.action == "see_driver" and decision.rider_id is None and decision.reason == "second_factor"
+
+
+# -- the code's way from enrollment to the bus ----------------------------------------------------
+
+
+def test_code_travels_keyed_per_bus_and_is_checked_offline(tmp_path):
+    from enrollment.store import RiderRecord, StoreError, TemplateStore
+    from tests.unit.test_gallery_store import MODEL, Fleet, vectors
+
+    store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
+    store.add_rider(RiderRecord(rider_id="alice"), [vectors(1)[0]], model_sha256=MODEL)
+    store.add_rider(RiderRecord(rider_id="bob"), [vectors(2)[1]], model_sha256=MODEL)
+    with pytest.raises(StoreError):
+        store.set_code("alice", "12")  # too short
+    store.set_code("alice", CODE)
+    assert CODE not in str(store.audit_log("alice")) and "code_set" in str(store.audit_log("alice"))
+    assert CODE.encode() not in (tmp_path / "store.db").read_bytes()
+    fleet = Fleet(tmp_path, store, ("bus-1", "bus-2"))
+    fleet.dist.sync()
+    assert all(o == "applied" for o in fleet.deliver())
+    b1, b2 = fleet.buses["bus-1"], fleet.buses["bus-2"]
+    assert b1.code_hash("bob") is None
+    h1, h2 = b1.code_hash("alice"), b2.code_hash("alice")
+    assert h1 == code_hash(b1.code_key, "alice", CODE) and h1 != h2  # keyed for each bus
+    assert h1 not in b1.stored_bytes()  # sealed at rest in the bus's encrypted gallery
+    pad = ListKeypad()
+    sf = SecondFactor(pad, b1.code_hash, b1.code_key)
+    assert sf.start(1, "alice")
+    pad.entries.append(CODE)
+    assert sf.poll(1) == "ok"
+    # a new code reaches the bus with the next sync; erasure removes it
+    store.set_code("alice", "2468")
+    fleet.dist.sync()
+    fleet.deliver()
+    assert b1.code_hash("alice") == code_hash(b1.code_key, "alice", "2468")
+    fleet.dist.erase("alice")
+    fleet.deliver()
+    assert b1.code_hash("alice") is None and store.code_digest("alice") is None
