@@ -178,8 +178,10 @@ class Enroller:
         *,
         allow_duplicate: bool = False,
         actor: str = "operator",
+        code: str | None = None,
     ) -> EnrollResult:
-        """Check the photos and, if enough pass and nobody enrolled looks the same, store the rider."""
+        """Check the photos and, if enough pass and nobody enrolled looks the same, store the rider
+        (and their second-factor ``code``, kept only as a sealed digest: TemplateStore.set_code)."""
         photos = list(photos)
         accepted, refused = self.accept(photos)
         result = EnrollResult(record.rider_id, "refused", [c.name for c in accepted], refused)
@@ -207,6 +209,8 @@ class Enroller:
         except StoreError as exc:
             result.message = str(exc)
             return result
+        if code is not None:
+            self.store.set_code(record.rider_id, code, actor=actor)
         known = self.known()
         self._remember(record.rider_id, embeddings)
         result.status = "enrolled"

@@ -284,6 +284,25 @@ def register_bus(ctx: Context, bus_id: str, out: Path, zones: tuple[str, ...]) -
     click.echo(f"registered {bus_id}; its gallery key is in {out} (copy it to the bus, then delete it here)")
 
 
+@enrollment.command("set-code")
+@click.argument("rider_id")
+@pass_ctx
+def set_code(ctx: Context, rider_id: str) -> None:
+    """Set RIDER_ID's second-factor code (4-8 digits, typed twice, never echoed, logged or stored as such).
+
+    The store keeps a sealed slow digest; each bus gets its own keyed hash with the next
+    'facefare enrollment sync'."""
+    from enrollment.store import StoreError
+
+    code = click.prompt("code (4-8 digits)", hide_input=True, confirmation_prompt=True)
+    try:
+        _store(ctx.cfg).set_code(rider_id, code)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    del code
+    click.echo(f"code set for {rider_id}; run 'facefare enrollment sync' to send it to the buses")
+
+
 @enrollment.command("sync")
 @click.argument("bus_id", required=False)
 @pass_ctx

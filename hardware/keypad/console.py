@@ -15,8 +15,11 @@ class ConsoleKeypad:
         threading.Thread(target=self._read, name="keypad", daemon=True).start()
 
     def _read(self) -> None:
-        for line in self._stream:
-            self._entries.put(line.strip())
+        try:
+            for line in self._stream:
+                self._entries.put(line.strip())
+        except (OSError, ValueError):  # no terminal (a service, a test run): nothing will be typed
+            return
 
     def poll(self) -> str | None:
         try:

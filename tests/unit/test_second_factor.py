@@ -188,3 +188,39 @@ def test_code_travels_keyed_per_bus_and_is_checked_offline(tmp_path):
     fleet.dist.erase("alice")
     fleet.deliver()
     assert b1.code_hash("alice") is None and store.code_digest("alice") is None
+
+
+def test_wiring_builds_the_second_factor_only_with_a_keypad(tmp_path):
+    from facefare import wiring
+    from facefare.config import FacefareConfig
+
+    class G:
+        code_key = KEY
+
+        def code_hash(self, rider_id):
+            return None
+
+    assert wiring.second_factor(FacefareConfig(), G()) is None  # default: no keypad, the driver instead
+    cfg = FacefareConfig(second_factor={"keypad": "console"})
+    sf = wiring.second_factor(cfg, G())
+    assert isinstance(sf, SecondFactor) and sf.key == KEY
+
+
+def test_set_code_command_never_echoes_the_code(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from enrollment.store import RiderRecord, TemplateStore
+    from facefare.cli import main
+    from tests.unit.test_gallery_store import MODEL, vectors
+
+    monkeypatch.setenv("FACEFARE_HOME", str(tmp_path))
+    monkeypatch.setenv("FACEFARE_ENROLLMENT__STORE", str(tmp_path / "store.db"))
+    monkeypatch.setenv("FACEFARE_ENROLLMENT__KEY_FILE", str(tmp_path / "store.key"))
+    store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
+    store.add_rider(RiderRecord(rider_id="alice"), [vectors(1)[0]], model_sha256=MODEL)
+    store.close()
+    result = CliRunner().invoke(main, ["enrollment", "set-code", "alice"], input=f"{CODE}\n{CODE}\n")
+    assert result.exit_code == 0, result.output
+    assert CODE not in result.output and "code set for alice" in result.output
+    store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
+    assert store.code_digest("alice") is not None
