@@ -1,6 +1,9 @@
 """1:N identification error rates of the bus rule, against gallery size, and what they extrapolate to.
 
-    .venv/bin/python bench/identification.py [--london DIR] [--faces DIR] [--plots DIR] [--json FILE]
+    .venv/bin/python bench/identification.py [--london DIR] [--faces DIR] [--models DIR] [--plots DIR] [--json FILE]
+
+Another embedder (``facefare models convert --embedder FILE.dat --out DIR``) has its own impostor
+tail: run this with ``--models DIR`` and put its fit into ``edge.faces.match.IMPOSTOR_TAIL``.
 
 Faces (every labelled face the project can use; one face per photo, the largest, HOG upsampled once,
 5-point landmarks, as ``edge.faces.face_encodings``):
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--london", type=Path, default=SHARED_LONDON if SHARED_LONDON.exists() else PROJECT_LONDON)
     ap.add_argument("--faces", type=Path, default=DEMO)
+    ap.add_argument("--models", type=Path, default=None, help="converted models (another embedder: its own fit)")
     ap.add_argument("--plots", type=Path, default=None, help="write the PNGs here (docs/ for docs/accuracy.md)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure as JSON here")
     ap.add_argument("--draws", type=int, default=DRAWS)
@@ -310,13 +314,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     globals().update(DRAWS=args.draws, BOOT=args.boot)
     rng = np.random.default_rng(16)
+    if args.models:
+        faces.use_models(args.models)
+    cache_file = CACHE.with_name(f"{CACHE.stem}_{faces.engine().embedder_sha256[:12]}.npz")
 
     cache: dict[str, np.ndarray] = {}
-    if CACHE.exists():
-        cache = dict(np.load(CACHE))
+    if cache_file.exists():
+        cache = dict(np.load(cache_file))
     all_faces = london_faces(args.london, cache) + demo_faces(args.faces, cache)
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(CACHE, **cache)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache_file, **cache)
     people = sorted({f.person for f in all_faces})
     n_enr = sum(f.role == "enroll" for f in all_faces)
     n_prb = sum(f.role == "probe" for f in all_faces)
