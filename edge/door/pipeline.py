@@ -45,6 +45,7 @@ from edge.faces.match import (
     DEFAULT_MIN_MARGIN,
     FPIR_TARGET,
     LOOKALIKE_MAX_TEMPLATES,
+    LOOKALIKE_REFRESH_TEMPLATES,
     MIN_FACE_THRESHOLD,
     Gallery,
     Match,
@@ -202,6 +203,7 @@ class BusPipeline:
         self.point: OperatingPoint = self.operating_point(len(gallery.riders))
         log.info("operating point: %s", self.point.describe())
         self.lookalikes = self._lookalikes(gallery)
+        self._point_version = getattr(gallery, "version", None)
         self.states: dict[int, TrackState] = {}
         self.decisions: list[DoorDecision] = []
         self.skipped_frames = 0
@@ -303,6 +305,7 @@ class BusPipeline:
             st.armed = True
             log.info("track %d: smile gate passed at frame %d (score %.0f)", tid, index, result.score)
         embedding = self.engine.embed(chip[None])[0]
+        self._refresh_point()
         match = self.gallery.match(embedding)
         st.embedded += 1
         st.votes.append(match)
@@ -343,6 +346,21 @@ class BusPipeline:
         if outcome == "wrong":
             self._prompt(tid, "wrong_code")
         return None
+
+    def _refresh_point(self) -> None:
+        """A gallery delta changed the riders: the operating point follows at once (a bus that started
+        empty and then received 100,000 riders must not keep a 1-rider threshold)."""
+        version = getattr(self.gallery, "version", None)
+        if version == self._point_version:
+            return
+        self._point_version = version
+        point = self.operating_point(len(self.gallery.riders))
+        if point != self.point:
+            self.point = point
+            log.info("operating point: %s", point.describe())
+        matcher = self.gallery.gallery() if callable(getattr(self.gallery, "gallery", None)) else self.gallery
+        if len(matcher.rider_ids) <= LOOKALIKE_REFRESH_TEMPLATES:
+            self.lookalikes = self._lookalikes(self.gallery)
 
     def _lookalikes(self, gallery) -> dict[str, tuple[str, float]]:
         """Riders within threshold + margin of another rider: they confirm with the second factor."""

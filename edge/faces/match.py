@@ -200,7 +200,8 @@ def face_alone_max_riders(
 # -- lookalikes: enrolled riders too close to another enrolled rider for the face alone -------------
 
 LOOKALIKE_DISTANCE = 0.6  # a rider whose nearest other rider's template is this close is a lookalike
-LOOKALIKE_MAX_TEMPLATES = 50_000  # beyond this the all-pairs check is skipped (minutes on a bus)
+LOOKALIKE_MAX_TEMPLATES = 20_000  # beyond this the all-pairs check is skipped (20,000: ~8 s on 2 cores)
+LOOKALIKE_REFRESH_TEMPLATES = 2_000  # redone on a gallery change while running only up to this (~0.2 s)
 
 
 def lookalikes(

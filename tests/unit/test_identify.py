@@ -181,3 +181,37 @@ def test_pipeline_asks_lookalikes_for_the_second_factor():
     assert set(found) == {"a", "b"}
     pipe.point = operating_point(10**6)  # everyone needs the second factor already: no all-pairs check
     assert pipe._lookalikes(Gallery(["a", "b", "c"], np.stack([a, b, c]))) == {}
+
+
+def test_operating_point_follows_gallery_deltas():
+    class Growing:
+        def __init__(self, n: int) -> None:
+            self.version, self.n = 1, n
+
+        @property
+        def riders(self):
+            return [f"r{i}" for i in range(self.n)]
+
+        @property
+        def rider_ids(self):
+            return np.array(self.riders, dtype=object)
+
+        @property
+        def embeddings(self):
+            rng = np.random.default_rng(0)
+            return (rng.normal(size=(self.n, 128)) * 3).astype(np.float32)
+
+    g = Growing(0)
+    pipe = BusPipeline.__new__(BusPipeline)
+    pipe.cfg = PipelineConfig()
+    pipe.gallery = g
+    pipe.point = pipe.operating_point(len(g.riders))
+    pipe.lookalikes = {}
+    pipe._point_version = g.version
+    assert not pipe._rule().second_factor
+    g.n, g.version = 100_000, 2  # the first sync brings a city's riders
+    pipe._refresh_point()
+    assert pipe._rule().second_factor and pipe.point.riders == 100_000
+    g.n, g.version = 10, 3
+    pipe._refresh_point()
+    assert not pipe._rule().second_factor and pipe.point.riders == 10
