@@ -136,6 +136,10 @@ class DecisionEvent(Strict):
     fare_id: FareId | None = None
     amount_minor: Minor = 0
     currency: Currency | None = None
+    #: Milliseconds from the rider's face first found at the door to this decision (door KPIs).
+    wait_ms: Annotated[StrictInt, Field(ge=0, le=3_600_000)] | None = None
+    #: Smiles the smile gate counted for this rider before the decision (door KPIs).
+    smile_attempts: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
 
 
 class Rejected(Strict):

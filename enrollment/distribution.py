@@ -43,6 +43,7 @@ from cloud_sync.protocol import (
     parse,
     topic_for,
 )
+from cloud_sync.sqlite_schema import schema, statements, upgrade
 from edge.door.second_factor import keyed
 from enrollment.store import TemplateStore, now_iso, seal, unseal
 
@@ -57,11 +58,6 @@ CREATE TABLE IF NOT EXISTS gallery_buses (
     acked_version INTEGER NOT NULL DEFAULT 0,
     acked_at TEXT,
     registered_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS gallery_bus_zones (
-    bus_id TEXT NOT NULL REFERENCES gallery_buses(bus_id),
-    zone TEXT NOT NULL,
-    PRIMARY KEY (bus_id, zone)
 );
 CREATE TABLE IF NOT EXISTS gallery_bus_riders (
     bus_id TEXT NOT NULL REFERENCES gallery_buses(bus_id),
@@ -85,6 +81,19 @@ CREATE TABLE IF NOT EXISTS erasure_targets (
     PRIMARY KEY (rider_id, bus_id)
 );
 """
+#: The distribution tables' schema in the template store's file, step by step; add steps, never edit one.
+# Issue 16 (second factor, zones): a step of its own, so stores made before it gain the tables.
+BUS_ZONES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gallery_bus_zones (
+    bus_id TEXT NOT NULL REFERENCES gallery_buses(bus_id),
+    zone TEXT NOT NULL,
+    PRIMARY KEY (bus_id, zone)
+);
+"""
+MIGRATIONS = schema(
+    "facefare-gallery-distribution",
+    [("0001_initial", statements(SCHEMA)), ("0002_bus_zones", statements(BUS_ZONES_SCHEMA))],
+)
 #: Room left in a message for the envelope around the ciphertext (base64 grows it by 4/3).
 ENVELOPE_ROOM = 2_000
 
@@ -135,7 +144,7 @@ class GalleryDistributor:
         self.replay = ReplayGuard()
         self.lock = threading.RLock()
         with store.lock:
-            store.db.executescript(SCHEMA)
+            upgrade(store.db, MIGRATIONS, f"gallery distribution in {store.path}")
 
     # -- buses --------------------------------------------------------------------------------
 

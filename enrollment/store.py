@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_sync.sealing import StoreError, create_key, load_key, seal, unseal  # noqa: F401 (re-exported)
+from cloud_sync.sqlite_schema import schema, statements, upgrade
 from edge.faces.match import Gallery
 
 log = logging.getLogger(__name__)
@@ -105,16 +106,6 @@ CREATE TABLE IF NOT EXISTS templates (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS templates_rider ON templates(rider_id);
-CREATE TABLE IF NOT EXISTS rider_codes (
-    rider_id TEXT PRIMARY KEY REFERENCES riders(rider_id),
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rider_zones (
-    rider_id TEXT NOT NULL REFERENCES riders(rider_id),
-    zone TEXT NOT NULL,
-    PRIMARY KEY (rider_id, zone)
-);
 CREATE TABLE IF NOT EXISTS photos (
     photo_id TEXT PRIMARY KEY,
     rider_id TEXT NOT NULL REFERENCES riders(rider_id),
@@ -136,6 +127,24 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+#: The store's schema, step by step (cloud_sync.sqlite_schema); add steps, never edit one.
+# Issue 16 (second factor, zones): a step of its own, so stores made before it gain the tables.
+CODES_ZONES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rider_codes (
+    rider_id TEXT PRIMARY KEY REFERENCES riders(rider_id),
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rider_zones (
+    rider_id TEXT NOT NULL REFERENCES riders(rider_id),
+    zone TEXT NOT NULL,
+    PRIMARY KEY (rider_id, zone)
+);
+"""
+MIGRATIONS = schema(
+    "facefare-template-store",
+    [("0001_initial", statements(SCHEMA)), ("0002_codes_zones", statements(CODES_ZONES_SCHEMA))],
+)
 
 
 class TemplateStore:
@@ -152,7 +161,7 @@ class TemplateStore:
         # secure_delete overwrites deleted rows with zeros, so an erased template leaves no bytes behind.
         for pragma in ("journal_mode=DELETE", "synchronous=FULL", "secure_delete=ON", "foreign_keys=ON"):
             self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(SCHEMA)
+        upgrade(self.db, MIGRATIONS, f"template store {self.path}")
         self._check_key()
 
     @classmethod

@@ -59,7 +59,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
 
     stop = stop or threading.Event()
     engine = wiring.face_engine(cfg)
-    engine.verify_all()
+    manifest = engine.verify_all()
     gallery = wiring.bus_gallery(cfg, engine.embedder_sha256)
     ledger = wiring.bus_ledger(cfg)  # the ledger thread's connection
     sync_ledger = wiring.bus_ledger(cfg)  # the sync thread's own connection (WAL: they never block charges)
@@ -81,14 +81,34 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
     pipeline = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile,
                            second_factor=wiring.second_factor(cfg, gallery))  # fmt: skip
     last_frame = [time.monotonic()]
+    door_timing = DoorTiming()
+    metrics, metrics_server, metrics_ledger = None, None, None
+    if cfg.metrics.bus_port:
+        from facefare.metrics import BusMetrics, serve
+
+        metrics = BusMetrics()
+        metrics.set_models(manifest)
+        metrics_ledger = wiring.bus_ledger(cfg, readonly=True)  # the scrape's own connection
+        metrics.watch(backlog=_backlog_reader(metrics_ledger), gallery=gallery, sync=sync, data_dir=data_dir,
+                      bus_id=cfg.ledger.bus_id, route_id=cfg.pipeline.route_id, status=status)  # fmt: skip
+        metrics_server = serve(metrics.registry, cfg.metrics.host, cfg.metrics.bus_port, f"bus {cfg.ledger.bus_id}")
 
     def frame_done(frame: Any, decisions: list) -> None:
         last_frame[0] = time.monotonic()
+        door_timing.frame(pipeline, frame, decisions)
+        if metrics is not None:
+            ms = node.stats.frame_ms[-1] if node.stats.frame_ms else 0.0
+            metrics.frame(ms / 1000, dict(getattr(pipeline, "stage_ms", None) or {}))
+            for wait_s in door_timing.take_smile_passes():
+                metrics.smile_pass_seconds.observe(wait_s)
 
     def feedback(fb: Any) -> None:
         show(fb)
         if fb.decision is not None:
-            sync.report_decision(decision_event(fb.decision))
+            wait_s, attempts = door_timing.take(fb.decision.track_id)
+            if metrics is not None:
+                metrics.decision(fb.decision.action, str(fb.decision.reason), wait_s, attempts)
+            sync.report_decision(decision_event(fb.decision, wait_s=wait_s, smile_attempts=attempts))
 
     node = BusNode(pipeline, ledger, feedback=feedback, drop_frames=cfg.camera.type != "file",
                    on_frame=frame_done, may_charge=lambda: gallery.ready)  # fmt: skip
@@ -122,6 +142,10 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
         stop.set()
         sync_thread.join(timeout=10)
         door.close()
+        if metrics_server is not None:
+            metrics_server.close()
+        if metrics_ledger is not None:
+            metrics_ledger.close()
         ledger.close()
         sync_ledger.close()
         gallery.close()
@@ -144,11 +168,18 @@ def _drain(cfg: FacefareConfig, stop: threading.Event, timeout_s: float) -> int:
     return left
 
 
-def decision_event(d: Any) -> Any:
-    """The fleet's view of a door decision (``edge.door.pipeline.DoorDecision``): who, what, why; never an image."""
+def decision_event(d: Any, *, wait_s: float | None = None, smile_attempts: int | None = None) -> Any:
+    """The fleet's view of a door decision (``edge.door.pipeline.DoorDecision``): who, what, why; never an image.
+
+    ``wait_s`` (face found to decision) and ``smile_attempts`` feed the dashboard's door KPIs."""
     from cloud_sync.protocol import DecisionEvent
 
     fare = d.fare
+    extra: dict[str, int] = {}
+    if wait_s is not None:
+        extra["wait_ms"] = max(0, min(int(wait_s * 1000), 3_600_000))
+    if smile_attempts is not None:
+        extra["smile_attempts"] = max(0, min(int(smile_attempts), 1000))
     return DecisionEvent(
         at_ms=time.time_ns() // 1_000_000,
         action=d.action,
@@ -157,4 +188,71 @@ def decision_event(d: Any) -> Any:
         fare_id=fare.fare_id if fare is not None else None,
         amount_minor=fare.amount_minor if fare is not None else 0,
         currency=fare.currency if fare is not None else None,
+        **extra,
     )
+
+
+def _backlog_reader(reader: Any) -> Any:
+    """``() -> (outbox rows, oldest queue time in ms or None)`` on a read-only ledger, for scrapes."""
+    from datetime import datetime
+
+    lock = threading.Lock()
+
+    def backlog() -> tuple[int, int | None]:
+        with lock:
+            count = reader.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            first = reader.outbox(limit=1)
+        oldest = int(datetime.fromisoformat(first[0]["queued_at"]).timestamp() * 1000) if first else None
+        return int(count), oldest
+
+    return backlog
+
+
+class DoorTiming:
+    """How long riders wait at the door, from the pipeline's tracks, read after each frame.
+
+    A track's ``first_ts`` (camera time, when its face was first found) to the frame of its
+    decision is the rider's wait; the smile gate's attempts on that track come with it. Read
+    through ``getattr`` so that a pipeline without ``tracker`` or ``states`` only loses these figures.
+    Called on the pipeline thread (``frame``) and from the feedback of either node thread (``take``).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first: dict[int, float] = {}
+        self._armed: set[int] = set()
+        self._passes: list[float] = []
+        self._decided: dict[int, tuple[float | None, int | None]] = {}
+
+    def frame(self, pipeline: Any, frame: Any, decisions: list) -> None:
+        tracks = getattr(getattr(pipeline, "tracker", None), "tracks", None) or {}
+        states = getattr(pipeline, "states", None) or {}
+        with self._lock:
+            for tid, track in tracks.items():
+                self._first.setdefault(tid, float(getattr(track, "first_ts", frame.ts)))
+            for tid, st in states.items():
+                if getattr(st, "armed", False) and tid not in self._armed and tid in self._first:
+                    self._armed.add(tid)
+                    self._passes.append(float(frame.ts) - self._first[tid])
+            for d in decisions:
+                first = self._first.get(d.track_id)
+                smile = getattr(states.get(d.track_id), "smile", None)
+                attempts = getattr(smile, "attempts", None)
+                self._decided[d.track_id] = (None if first is None else float(d.ts) - first, attempts)
+            for tid in [t for t in self._first if t not in tracks and t not in self._decided]:
+                del self._first[tid]  # the track ended
+            self._armed &= set(tracks)
+            while len(self._decided) > 1000:  # decisions whose feedback never came
+                del self._decided[next(iter(self._decided))]
+
+    def take_smile_passes(self) -> list[float]:
+        with self._lock:
+            out, self._passes = self._passes, []
+        return out
+
+    def take(self, track_id: int | None) -> tuple[float | None, int | None]:
+        with self._lock:
+            if track_id is None:
+                return None, None
+            self._first.pop(track_id, None)
+            return self._decided.pop(track_id, (None, None))

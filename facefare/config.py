@@ -33,6 +33,7 @@ from edge.door.smile import SmileConfig
 from edge.fares.ledger import LedgerConfig
 from edge.fares.rules import FaresConfig
 from enrollment.config import EnrollmentConfig
+from facefare.metrics import MetricsConfig
 from hardware.cameras import CameraConfig
 from hardware.door import FeedbackConfig
 from models.manifest import default_models_dir
@@ -104,6 +105,7 @@ class FacefareConfig(BaseSettings):
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @classmethod
     def settings_customise_sources(

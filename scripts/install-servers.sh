@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the servers the tests and the demo start themselves (Mosquitto, PostgreSQL, Chromium)
-# from Debian's archive, as root. Safe to run again: it installs only what is missing.
+# Install the servers the tests and the demo start themselves (Mosquitto, PostgreSQL, Chromium, and
+# Prometheus, whose promtool checks the alert rules) from Debian's archive, as root. Safe to run
+# again: it installs only what is missing.
 #
 # FaceFare never uses the system-wide instances Debian may start: cloud_sync.devservers.mosquitto_server and
 # cloud_sync.devservers.postgres_server run their own processes on free loopback ports in a work directory. So that
@@ -12,6 +13,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 dpkg -s mosquitto-clients >/dev/null 2>&1 || missing+=(mosquitto-clients)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -44,6 +44,7 @@ from typing import Any
 
 from cloud_sync.cloud.settlement import GroupFare, refunds_for, service_week_of
 from cloud_sync.protocol import Fare
+from cloud_sync.sqlite_schema import schema, upgrade
 from edge.fares.record import FARE_COLUMNS
 from edge.fares.rules import FaresConfig
 
@@ -451,6 +452,26 @@ class CloudLedger:
 # -- SQLite --------------------------------------------------------------------------------
 
 
+#: The SQLite backend's schema, step by step (cloud_sync.sqlite_schema); add steps, never edit one.
+SQLITE_MIGRATIONS = schema(
+    "facefare-cloud-ledger",
+    [
+        (
+            "0001_initial",
+            [
+                *_schema("INTEGER PRIMARY KEY", "INTEGER"),
+                *(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+                    for table in APPEND_ONLY
+                    for op in ("UPDATE", "DELETE")
+                ),
+            ],
+        )
+    ],
+)
+
+
 class SqliteLedger(CloudLedger):
     """The embedded backend: one SQLite file in WAL mode, ``synchronous=FULL``."""
 
@@ -467,15 +488,7 @@ class SqliteLedger(CloudLedger):
             self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
         self.conn.execute("PRAGMA foreign_keys = ON")
-        with self.transaction():
-            for stmt in _schema("INTEGER PRIMARY KEY", "INTEGER"):
-                self.conn.execute(stmt)
-            for table in APPEND_ONLY:
-                for op in ("UPDATE", "DELETE"):
-                    self.conn.execute(
-                        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
-                        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-                    )
+        upgrade(self.conn, SQLITE_MIGRATIONS, f"cloud ledger {self.path}")
 
     def close(self) -> None:
         self.conn.close()

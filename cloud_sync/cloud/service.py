@@ -190,6 +190,7 @@ class CloudService:
         self._keys_loaded = 0.0
         self._want_keys = threading.Event()
         self._last_batch_at = 0.0
+        self.last_settled_at: float | None = None  # time.time() of the last completed settlement
         self._client: Any = None
 
     # -- wiring ----------------------------------------------------------------------------
@@ -379,6 +380,7 @@ class CloudService:
     def _settle(self, ledger: CloudLedger, max_rounds: int) -> None:
         try:
             ledger.settle(max_rounds=max_rounds)
+            self.last_settled_at = time.time()  # the settlement lag metric (facefare.metrics)
         except Exception:
             log.exception("settlement failed; it is retried at the next interval")
 

@@ -70,6 +70,10 @@ class User:
     hash: str
 
 
+#: The users file's layout: {"version": 1, "users": {name: {"role", "hash"}}}; files without a version are 1.
+USERS_FILE_VERSION = 1
+
+
 class UserStore:
     """The users file; re-read whenever it changes on disk."""
 
@@ -87,6 +91,9 @@ class UserStore:
         if stamp != self._stamp:
             try:
                 raw = json.loads(self.path.read_text())
+                version = raw.get("version", 1)  # files from before versioning have the same layout
+                if version > USERS_FILE_VERSION:
+                    raise AuthError(f"users file {self.path} has version {version}, newer than this software")
                 users = {
                     name: User(name, u["role"], u["hash"]) for name, u in raw["users"].items() if u.get("role") in ROLES
                 }
@@ -118,6 +125,7 @@ class UserStore:
         users = dict(self._load())
         users[name] = User(name, role, hash_password(password))
         data = {
+            "version": USERS_FILE_VERSION,
             "users": {u.name: {"role": u.role, "hash": u.hash} for u in sorted(users.values(), key=lambda u: u.name)}
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,5 +39,14 @@ class DashboardConfig(BaseModel):
     backlog_rising_beats: int = Field(
         3, ge=2, description="Backlog alert when the backlog rose across this many heartbeats in a row"
     )
+    refusal_alert_rate: float = Field(
+        0.2, ge=0, le=1, description="Refusal alert: a bus not charging at least this share of boardings in an hour"
+    )
+    refusal_alert_factor: float = Field(
+        2.0, ge=1, description="Refusal alert: ... and at least this many times the rest of the fleet's share today"
+    )
+    refusal_alert_min_boardings: int = Field(
+        20, ge=1, description="Refusal alert: ... over at least this many boardings in the last hour"
+    )
     recent_decisions: int = Field(50, ge=1, le=1000, description="Door decisions kept for the page")
     chart_bucket_s: int = Field(300, ge=60, le=86400, description="Width of one bar of the revenue chart, seconds")

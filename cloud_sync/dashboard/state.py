@@ -10,6 +10,7 @@ No face image ever reaches this model: the protocol has no field for one.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -81,13 +82,83 @@ class DayTotals:
     total: Money = field(default_factory=dict)
 
 
+#: Most door waits kept per bus and service day for the medians and p95s (the newest are kept).
+MAX_WAITS = 5000
+
+
+@dataclass
+class DoorDay:
+    """One bus's door on one service day: decisions by action and reason, waits, smile attempts."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (action, reason) -> decisions
+    waits_ms: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_WAITS))
+    smiles_charged: int = 0  # smile attempts counted on charged boardings that reported them
+    charges_with_smiles: int = 0
+    recent: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=100_000))  # (at_ms, charged)
+    hours: Counter[tuple[int, str]] = field(default_factory=Counter)  # (hour start ms, action) -> decisions
+
+    def add(self, d: DecisionEvent) -> None:
+        self.outcomes[d.action, d.reason[:40]] += 1
+        self.hours[d.at_ms - d.at_ms % 3_600_000, d.action] += 1
+        if d.wait_ms is not None:
+            self.waits_ms.append(d.wait_ms)
+        if d.action == "charge" and d.smile_attempts is not None:
+            self.smiles_charged += d.smile_attempts
+            self.charges_with_smiles += 1
+        self.recent.append((d.at_ms, d.action == "charge"))
+
+
+def _quantile(values: list[int], q: float) -> float | None:
+    """The q-quantile of ``values`` (nearest rank), or None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
+
+
+def door_kpis(days: list[DoorDay]) -> dict[str, Any]:
+    """The door KPIs of one or more bus-days, JSON-ready: counts, rates, waits in seconds."""
+    outcomes: Counter[tuple[str, str]] = Counter()
+    waits: list[int] = []
+    smiles = charges_with_smiles = 0
+    for day in days:
+        outcomes.update(day.outcomes)
+        waits.extend(day.waits_ms)
+        smiles += day.smiles_charged
+        charges_with_smiles += day.charges_with_smiles
+    by_action: Counter[str] = Counter()
+    for (action, _reason), n in outcomes.items():
+        by_action[action] += n
+    hours: dict[int, Counter[str]] = {}
+    for day in days:
+        for (start, action), n in day.hours.items():
+            hours.setdefault(start, Counter())[action] += n
+    boardings = sum(by_action.values())
+    p50, p95 = _quantile(waits, 0.5), _quantile(waits, 0.95)
+    return {
+        "boardings": boardings,
+        "charged": by_action["charge"],
+        "refused": by_action["refuse"],
+        "see_driver": by_action["see_driver"],
+        "by_reason": [{"action": a, "reason": r, "count": n} for (a, r), n in sorted(outcomes.items())
+                      if a != "charge"],  # fmt: skip
+        "see_driver_rate": by_action["see_driver"] / boardings if boardings else None,
+        "not_charged_rate": (boardings - by_action["charge"]) / boardings if boardings else None,
+        "wait_p50_s": None if p50 is None else p50 / 1000,
+        "wait_p95_s": None if p95 is None else p95 / 1000,
+        "smile_attempts_per_charge": smiles / charges_with_smiles if charges_with_smiles else None,
+        "hours": [{"start_ms": h, "boardings": sum(c.values()), "charged": c["charge"], "refused": c["refuse"],
+                   "see_driver": c["see_driver"]} for h, c in sorted(hours.items())],  # fmt: skip
+    }
+
+
 @dataclass(frozen=True)
 class Alert:
     """Something a fleet admin should look at. ``stamp`` changes when the situation changes,
     so an acknowledgement covers only the situation that was acknowledged."""
 
     id: str
-    kind: Literal["offline", "backlog", "erasures", "rejected", "camera", "disk"]
+    kind: Literal["offline", "backlog", "erasures", "rejected", "camera", "disk", "refusals"]
     severity: Literal["critical", "warning"]
     bus_id: str
     message: str
@@ -108,6 +179,7 @@ class FleetState:
         self.rules = rules or FaresConfig()
         self.buses: dict[str, BusView] = {b: BusView(b) for b in known_buses}
         self.days: dict[str, DayTotals] = {}
+        self.doors: dict[str, dict[str, DoorDay]] = {}  # service day -> bus -> door KPIs
         self.decisions: deque[dict[str, Any]] = deque(maxlen=self.config.recent_decisions)
         self.rejects: Counter[tuple[str, str]] = Counter()
         self.acks: dict[str, int] = {}
@@ -184,6 +256,11 @@ class FleetState:
                 del self.days[old]
 
     def _decision(self, bus_id: str, d: DecisionEvent) -> None:
+        day = self.today(d.at_ms)
+        self.doors.setdefault(day, {}).setdefault(bus_id, DoorDay()).add(d)
+        for old in sorted(self.doors)[:-2]:  # today and yesterday only
+            if old < day:
+                del self.doors[old]
         amount = format_money(d.amount_minor, d.currency) if d.currency else ""
         self.decisions.appendleft({
             "at_ms": d.at_ms, "bus_id": bus_id, "action": d.action, "reason": d.reason,
@@ -246,6 +323,7 @@ class FleetState:
                 if not b.disk_ok:
                     out.append(Alert(f"disk:{b.bus_id}", "disk", "critical", b.bus_id,
                                      f"{b.bus_id} disk fault: {b.disk_detail or 'no detail'}", 1))  # fmt: skip
+            out += self._refusal_alerts(now_ms)
             by_bus: dict[str, Counter[str]] = {}
             for (bus_id, reason), n in self.rejects.items():
                 by_bus.setdefault(bus_id, Counter())[reason] += n
@@ -261,6 +339,31 @@ class FleetState:
                 for a in out
             ]
         out.sort(key=lambda a: (a.acknowledged, a.severity != "critical", a.bus_id, a.kind))
+        return out
+
+    def _refusal_alerts(self, now_ms: int) -> list[Alert]:
+        """A bus whose share of boardings not charged over the last hour is out of line with the
+        rest of the fleet today (a dirty lens, bad light): at least ``refusal_alert_rate`` and
+        ``refusal_alert_factor`` times the others' share, over ``refusal_alert_min_boardings``."""
+        cfg = self.config
+        doors = self.doors.get(self.today(now_ms), {})
+        out = []
+        for bus_id, door in sorted(doors.items()):
+            while door.recent and door.recent[0][0] < now_ms - 3_600_000:
+                door.recent.popleft()
+            recent = list(door.recent)
+            if len(recent) < cfg.refusal_alert_min_boardings:
+                continue
+            share = sum(not charged for _, charged in recent) / len(recent)
+            others = [d for b, d in doors.items() if b != bus_id]
+            total = sum(sum(d.outcomes.values()) for d in others)
+            not_charged = total - sum(n for d in others for (a, _r), n in d.outcomes.items() if a == "charge")
+            fleet = not_charged / total if total else None
+            if share >= cfg.refusal_alert_rate and fleet is not None and share >= cfg.refusal_alert_factor * fleet:
+                out.append(Alert(f"refusals:{bus_id}", "refusals", "warning", bus_id,
+                                 f"{bus_id} did not charge {share:.0%} of {len(recent)} boardings in the last hour "
+                                 f"(rest of the fleet today: {fleet:.0%}): check the camera's lens and light",
+                                 round(share * 10)))  # fmt: skip
         return out
 
     def snapshot(self, now_ms: int) -> dict[str, Any]:
@@ -283,6 +386,11 @@ class FleetState:
                     "fares_today": day.count_by_bus.get(b.bus_id, 0),
                     "revenue_today": _show(day.by_bus.get(b.bus_id, {})),
                 })  # fmt: skip
+            doors = self.doors.get(today, {})
+            door = {
+                "fleet": door_kpis(list(doors.values())),
+                "buses": [{"bus_id": bus_id, **door_kpis([d])} for bus_id, d in sorted(doors.items())],
+            }
             routes = [
                 {"route_id": r, "fares_today": day.count_by_route[r], "revenue_today": _show(m)}
                 for r, m in sorted(day.by_route.items())
@@ -300,6 +408,7 @@ class FleetState:
                 "revenue_today": _show(day.total),
                 "chart": {"bucket_s": cfg.chart_bucket_s, "points": chart},
                 "decisions": list(self.decisions),
+                "door": door,
                 "rejects": rejects,
                 "alerts": [asdict(a) for a in self.alerts(now_ms)],
             }

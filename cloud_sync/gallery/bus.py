@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cloud_sync.gallery.delta import DIM, DeltaError, DeltaOps, EraseOp, code_key, derive_keys, open_delta
 from cloud_sync.protocol import CLOUD, Envelope, GalleryAck, GalleryDelta, ProtocolError, encode, parse, topic_for
 from cloud_sync.sealing import seal, unseal
+from cloud_sync.sqlite_schema import schema, statements, upgrade
 from edge.faces.fast_match import QuantizedGallery
 from edge.faces.match import Gallery, Match
 
@@ -61,12 +62,20 @@ CREATE TABLE IF NOT EXISTS templates (
     ciphertext BLOB NOT NULL,
     PRIMARY KEY (rider_id, idx)
 );
+"""
+#: The gallery file's schema, step by step (cloud_sync.sqlite_schema); add steps, never edit one.
+# Issue 16 (second factor, zones): a step of its own, so stores made before it gain the tables.
+CODES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS codes (
     rider_id TEXT PRIMARY KEY REFERENCES riders(rider_id),
     nonce BLOB NOT NULL,
     ciphertext BLOB NOT NULL
 );
 """
+MIGRATIONS = schema(
+    "facefare-bus-gallery",
+    [("0001_initial", statements(SCHEMA)), ("0002_codes", statements(CODES_SCHEMA))],
+)
 
 
 def _without(gallery: Gallery | QuantizedGallery, erased: list[str]) -> Gallery | QuantizedGallery:
@@ -122,7 +131,7 @@ class BusGallery:
         # the erased templates' pages survive nowhere (secure_delete zeroes them in the database).
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON", "foreign_keys=ON"):
             self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(SCHEMA)
+        upgrade(self.db, MIGRATIONS, f"bus gallery {self.path}")
         self._check_model()
         self._version = int(self._meta("version", "0"))
         self._riders: dict[str, tuple[str, np.ndarray]] = self._load()

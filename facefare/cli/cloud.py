@@ -114,6 +114,16 @@ def run(ctx: Context) -> None:
         raise click.ClickException(str(exc)) from None
     store = _take_gallery_acks(cfg, service)
     stop = threading.Event()
+    server = None
+    if cfg.metrics.cloud_port:
+        from facefare.metrics import cloud_registry, serve, watch_enrollment
+
+        registry, seen = cloud_registry(service)
+        for msg_type in ("heartbeat", "decision", "gallery_ack"):
+            service.on(msg_type, seen)
+        if store is not None:
+            watch_enrollment(registry, store)
+        server = serve(registry, cfg.metrics.host, cfg.metrics.cloud_port, "cloud")
 
     def _stop(signum: int, frame: Any) -> None:
         stop.set()
@@ -123,6 +133,8 @@ def run(ctx: Context) -> None:
     try:
         service.run(stop)
     finally:
+        if server is not None:
+            server.close()
         if store is not None:
             store.close()
 

@@ -362,15 +362,19 @@ def audit(ctx: Context, rider_id: str | None) -> None:
 def serve(ctx: Context) -> None:
     """Run the enrollment HTTP API ([enrollment] api_host/api_port) and take the buses' gallery acks.
 
-    The OpenAPI description is at /openapi.json, readable docs at /docs.
+    The OpenAPI description is at /openapi.json, readable docs at /docs; metrics in Prometheus's
+    format at /metrics (enrollments, duplicates flagged, erasures pending per bus; no rider named).
     """
     import uvicorn
 
     from enrollment.api import create_app
+    from facefare.metrics import mount_enrollment_metrics
 
     cfg = ctx.cfg
     store = _store(cfg)
     enroller = _enroller(cfg, store)
     dist = _distributor(cfg, store, enroller.model_sha256)
-    uvicorn.run(create_app(enroller, dist), host=cfg.enrollment.api_host, port=cfg.enrollment.api_port,
+    app = create_app(enroller, dist)
+    mount_enrollment_metrics(app, store)
+    uvicorn.run(app, host=cfg.enrollment.api_host, port=cfg.enrollment.api_port,
                 log_level=cfg.log_level.lower())  # fmt: skip

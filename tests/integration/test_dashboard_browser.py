@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,56 @@ def test_fleet_dashboard_live_in_chromium(fleet: DemoFleet, page) -> None:
     alert.get_by_role("button", name="Acknowledge").click()
     expect(alert).to_contain_text("acknowledged")
     shot(page, "5_acknowledged")
+
+
+def test_door_kpis_and_refusal_alert_in_chromium(fleet: DemoFleet, page) -> None:
+    """Decisions of a morning on three buses; bus-3's lens is dirty: half its riders are not charged."""
+    from playwright.sync_api import expect
+
+    for bus in BUSES:
+        fleet.buses[bus].heartbeat(outbox_backlog=0, gallery_version=3, route_id="12", disk_free_bytes=8 * 10**9)
+    now = now_ms()
+    plan = {  # (action, reason, wait_ms, smile attempts) per boarding
+        "bus-1": [("charge", "matched", 1800 + 100 * i, 1 + (i % 3 == 0)) for i in range(24)]
+        + [("see_driver", "attempts", 9000, 3)],
+        "bus-2": [("charge", "matched", 2100 + 150 * i, 1) for i in range(20)] + [("refuse", "unknown", 2600, 1)],
+        "bus-3": [("charge", "matched", 3500 + 200 * i, 2) for i in range(12)]
+        + [("refuse", "unknown", 4200, 1)] * 6 + [("see_driver", "frozen", 5200, 0)] * 3
+        + [("see_driver", "ambiguous", 8000, 1)] * 3,
+    }  # fmt: skip
+    # Over the morning (at most 3 hours, and within today's service day); bus-3 within the last hour.
+    day_start = int(datetime.combine(date.fromisoformat(fleet.state.today(now)),
+                                     dt_time(fleet.state.rules.day_starts_hour), UTC).timestamp() * 1000)  # fmt: skip
+    for bus, decisions in plan.items():
+        span = 3_000_000 if bus == "bus-3" else 3 * 3_600_000
+        begin = max(day_start + 1000, now - span)
+        for i, (action, reason, wait_ms, smiles) in enumerate(decisions):
+            rider = "rider-7" if action == "charge" else None
+            at = begin + (now - 1000 - begin) * i // len(decisions)
+            fleet.buses[bus].decision(at_ms=at, action=action, reason=reason, wait_ms=wait_ms,
+                                      smile_attempts=smiles, rider_id=rider)  # fmt: skip
+
+    page.goto(fleet.server.url)
+    page.fill("#username", "admin")
+    page.fill("#password", "fleet admin pw")
+    page.click("#login")
+    expect(page.locator("#live")).to_have_text("live")
+    row3 = page.locator("#door-bus-3 td")
+    expect(row3.nth(1)).to_have_text("24", timeout=5000)  # every decision arrived
+    expect(page.locator("#door-bus-1 td").nth(1)).to_have_text("25")
+    expect(page.locator("#door-bus-2 td").nth(1)).to_have_text("21")
+    # bus-3: 12 charged, 6 refused, 6 to the driver; wait median 4.5 s (nearest rank); 2 smiles per charge.
+    expect(row3).to_have_text(["bus-3", "24", "12", "6", "6", "25.0 %", "50.0 %", "4.5 s", "8.0 s", "2.00",
+                               "unknown 6, ambiguous 3, frozen 3"])  # fmt: skip
+    expect(page.locator("#door-bus-3 td.bad")).to_have_count(1)  # its not-charged share is marked
+    fleet_line = page.locator("#door-fleet")
+    expect(fleet_line).to_contain_text("Fleet: 70 boardings, 56 charged, 7 refused, 7 sent to the driver")
+    alert = page.locator('#alerts li[data-alert="refusals:bus-3"]')
+    expect(alert).to_contain_text("bus-3 did not charge 50% of 24 boardings")
+    expect(page.locator('#alerts li[data-alert^="refusals:"]')).to_have_count(1)  # the others are in line
+    assert page.locator("#door").inner_text().count("rider-7") == 0  # KPIs never name a rider
+    expect(page.locator("#door-hours rect.refused").first).to_be_visible()  # the day's boardings per hour
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#door-section").screenshot(path=str(SHOTS / "dashboard_6_door_kpis.png"))
+    page.locator("#alerts-section").screenshot(path=str(SHOTS / "dashboard_7_refusal_alert.png"))
+    shot(page, "8_door_kpis_full")

@@ -240,3 +240,25 @@ def test_door_zone_largest_face_and_one_at_a_time():
     assert pipe._door_face([big, similar], shape) == "crowded"
     assert pipe._door_face([outside], shape) is None
     assert scale_rect(Rect(10, 20, 30, 40), 0.5) == Rect(20, 40, 60, 80)
+
+
+def test_edge_detector_and_landmarks_config_drive_the_bus(models_dir, faces_dir, templates, monkeypatch):
+    """[edge] detector/landmarks reach the pipeline through facefare.wiring (they were ignored before)."""
+    from facefare import wiring
+    from facefare.config import load_config
+
+    monkeypatch.setenv("FACEFARE_MODELS__DIR", str(models_dir))
+    cfg = load_config(None, edge={"detector": "cnn", "landmarks": "large"})
+    engine = wiring.face_engine(cfg)
+    assert (engine.detector_name, engine.landmarks_name) == ("cnn", "large")
+    used: list[str] = []
+    for name in ("cnn", "large"):
+        registry = "detector" if name == "cnn" else "landmark_model"
+        real = getattr(engine, registry)
+        monkeypatch.setattr(engine, registry, lambda n=None, real=real, used=used: used.append(n) or real(n))
+    pipe = BusPipeline(engine, make_gallery(templates, ["lin"]), PipelineConfig(detect_regions="full"))
+    frame = next(itertools.islice(VideoFileSource(faces_dir / CLIP), 120, 121))
+    pipe.process(frame.image, frame.ts, frame.index)
+    assert pipe.tracker.tracks, "the CNN detector found the face"
+    assert engine.landmark_model().num_parts == 68
+    assert used and all(n is None for n in used)  # the pipeline asked for the engine's configured models

@@ -111,8 +111,66 @@ function renderChart(snap) {
   document.getElementById("chart").replaceChildren(...nodes);
 }
 
+function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(1) + " %"; }
+function secs(x) { return x === null || x === undefined ? "-" : x.toFixed(1) + " s"; }
+function ratio(x) { return x === null || x === undefined ? "-" : x.toFixed(2); }
+function reasons(list) {
+  return list.length ? list.map((r) => r.reason + " " + r.count).join(", ") : "-";
+}
+
+// Door KPIs of the service day: one row per bus and a fleet line; a bus out of line is marked.
+function renderDoor(snap) {
+  const door = snap.door;
+  const f = door.fleet;
+  const alerted = new Set(snap.alerts.filter((a) => a.kind === "refusals").map((a) => a.bus_id));
+  document.getElementById("door-fleet").textContent = f.boardings
+    ? "Fleet: " + f.boardings + " boardings, " + f.charged + " charged, " + f.refused + " refused, " + f.see_driver +
+      " sent to the driver (" + pct(f.see_driver_rate) + "); wait median " + secs(f.wait_p50_s) + ", p95 " +
+      secs(f.wait_p95_s) + "; " + ratio(f.smile_attempts_per_charge) + " smiles per charge"
+    : "No door decisions yet today.";
+  const body = fillTable("door", door.buses.map((b) => [
+    td(b.bus_id), td(b.boardings, "num"), td(b.charged, "num"), td(b.refused, "num"), td(b.see_driver, "num"),
+    td(pct(b.see_driver_rate), "num"), td(pct(b.not_charged_rate), alerted.has(b.bus_id) ? "num bad" : "num"),
+    td(secs(b.wait_p50_s), "num"), td(secs(b.wait_p95_s), "num"), td(ratio(b.smile_attempts_per_charge), "num"),
+    td(reasons(b.by_reason)),
+  ]));
+  door.buses.forEach((b, i) => { body.children[i].id = "door-" + b.bus_id; });
+  renderDoorHours(f.hours);
+}
+
+// The fleet's boardings per hour of the day, stacked: charged, refused, sent to the driver.
+function renderDoorHours(hours) {
+  const left = 60, right = 595, base = 105, height = 90;
+  const nodes = [svgNode("line", { x1: left, y1: base, x2: right, y2: base })];
+  const shown = hours.slice(-24);
+  const max = Math.max(1, ...shown.map((h) => h.boardings));
+  const width = (right - left) / Math.max(shown.length, 12);
+  shown.forEach((h, i) => {
+    let y = base;
+    for (const [key, cls] of [["charged", "charged"], ["refused", "refused"], ["see_driver", "driver"]]) {
+      const bar = (h[key] / max) * height;
+      if (!bar) continue;
+      y -= bar;
+      const rect = svgNode("rect", { x: left + i * width + 1, y: y, width: Math.max(width - 2, 1), height: bar, class: cls });
+      rect.append(svgNode("title", {}, hhmm(h.start_ms) + ": " + h[key] + " " + key.replace("_", " ")));
+      nodes.push(rect);
+    }
+    const hour = String(new Date(h.start_ms).getHours()).padStart(2, "0") + ":00";
+    nodes.push(svgNode("text", { x: left + i * width + 2, y: base + 14 }, hour));
+  });
+  if (!shown.length) nodes.push(svgNode("text", { x: 250, y: 60 }, "no boardings yet today"));
+  else nodes.push(svgNode("text", { x: 0, y: base - height + 4 }, max + " / h"));
+  const legend = [["charged", "charged"], ["refused", "refused"], ["driver", "see the driver"]];
+  legend.forEach(([cls, label], i) => {
+    nodes.push(svgNode("rect", { x: 380 + i * 72, y: 2, width: 9, height: 9, class: cls }));
+    nodes.push(svgNode("text", { x: 392 + i * 72, y: 10 }, label));
+  });
+  document.getElementById("door-hours").replaceChildren(...nodes);
+}
+
 function render(snap) {
   renderBuses(snap);
+  renderDoor(snap);
   renderAlerts(snap);
   renderChart(snap);
   fillTable("routes", snap.routes.map((r) => [td(r.route_id), td(r.fares_today, "num"), td(money(r.revenue_today), "num")]));
