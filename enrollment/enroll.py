@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from edge.door.quality import REASONS as QUALITY_REASONS
 from edge.door.quality import QualityConfig, assess
+from edge.door.second_factor import valid_code
 from edge.faces.geometry import scale_rect
 from edge.faces.images import ImageError, as_rgb, load_image_file, resize_for_detection
 from edge.faces.match import LOOKALIKE_DISTANCE, Gallery
@@ -183,6 +184,8 @@ class Enroller:
         """Check the photos and, if enough pass and nobody enrolled looks the same, store the rider
         (and their second-factor ``code``, kept only as a sealed digest: TemplateStore.set_code)."""
         photos = list(photos)
+        if code is not None and not valid_code(code):
+            return EnrollResult(record.rider_id, "refused", message="the code must be 4 to 8 digits")
         accepted, refused = self.accept(photos)
         result = EnrollResult(record.rider_id, "refused", [c.name for c in accepted], refused)
         if len(accepted) < self.cfg.min_photos:
