@@ -232,6 +232,11 @@ class BusGallery:
         """The rider ids held, sorted (a property, as ``Gallery.riders``)."""
         return sorted(self._riders)
 
+    @property
+    def rider_count(self) -> int:
+        """How many riders are held (without sorting a million ids: the pipeline asks on every delta)."""
+        return len(self._riders)
+
     def concession(self, rider_id: str) -> str | None:
         found = self._riders.get(rider_id)
         return found[0] if found else None

@@ -172,6 +172,11 @@ class TrackState:
     awaiting_code: Match | None = None  # the face named this rider; their code is asked (second factor)
 
 
+def _rider_count(gallery) -> int:
+    count = getattr(gallery, "rider_count", None)
+    return int(count) if count is not None else len(gallery.riders)
+
+
 class BusPipeline:
     def __init__(
         self,
@@ -200,7 +205,7 @@ class BusPipeline:
             self.regions = RegionPlanner(
                 c.full_detect_every, c.region_margin, c.region_min_margin, c.max_region_fraction, motion
             )
-        self.point: OperatingPoint = self.operating_point(len(gallery.riders))
+        self.point: OperatingPoint = self.operating_point(_rider_count(gallery))
         log.info("operating point: %s", self.point.describe())
         self.lookalikes = self._lookalikes(gallery)
         self._point_version = getattr(gallery, "version", None)
@@ -354,7 +359,7 @@ class BusPipeline:
         if version == self._point_version:
             return
         self._point_version = version
-        point = self.operating_point(len(self.gallery.riders))
+        point = self.operating_point(_rider_count(self.gallery))
         if point != self.point:
             self.point = point
             log.info("operating point: %s", point.describe())

@@ -31,6 +31,7 @@ def test_each_bus_holds_only_its_zones_riders(tmp_path: Path, store: TemplateSto
     assert fleet.buses["bus-n"].riders == ["both", "everywhere", "north1"]
     assert fleet.buses["bus-s"].riders == ["both", "everywhere", "mybus", "south1"]
     assert fleet.buses["bus-x"].riders == ["everywhere"]  # a bus without zones: only the unscoped riders
+    assert [fleet.buses[b].rider_count for b in ("bus-n", "bus-s", "bus-x")] == [3, 4, 1]  # the N each bus runs at
     assert store.zones("both") == ["north", "south"] and fleet.dist.bus_zones("bus-n") == ["north"]
 
 
