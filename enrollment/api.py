@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from enrollment.distribution import GalleryDistributor
 from enrollment.enroll import Enroller
@@ -78,6 +78,9 @@ class EnrollRequest(BaseModel):
     rider: RiderRecord
     photos: list[Photo] = Field(min_length=1, max_length=20)
     allow_duplicate: bool = Field(False, description="Enroll even if an enrolled rider looks the same (audited)")
+    code: SecretStr | None = Field(
+        None, description="The rider's second-factor code (4-8 digits): kept only as a sealed digest, never echoed"
+    )
 
 
 class Refusal(BaseModel):
@@ -94,6 +97,7 @@ class EnrollResponse(BaseModel):
     duplicate_of: str | None = None
     distance: float | None = None
     message: str = ""
+    lookalike_of: str | None = Field(None, description="An enrolled rider this close: the bus asks for the code")
 
 
 class PhotoCheckResponse(BaseModel):
@@ -165,7 +169,10 @@ def create_app(enroller: Enroller, distributor: GalleryDistributor | None = None
                          422: {"model": EnrollResponse, "description": "Too few usable photos"}})  # fmt: skip
     def enroll(req: EnrollRequest, who: Operator) -> Any:
         photos = [(p.name, _decode(p)) for p in req.photos]
-        result = enroller.enroll(req.rider, photos, allow_duplicate=req.allow_duplicate, actor=f"api:{who}")
+        code = req.code.get_secret_value() if req.code is not None else None
+        result = enroller.enroll(req.rider, photos, allow_duplicate=req.allow_duplicate, actor=f"api:{who}",
+                                 code=code)  # fmt: skip
+        del code
         body = EnrollResponse(**result.as_dict())
         if result.status == "enrolled":
             if distributor is not None and distributor.publish is not None:

@@ -3,7 +3,8 @@
 For every registered bus the cloud remembers what it has published to it (rider id -> rider
 revision) and its version chain. :meth:`GalleryDistributor.sync` compares that with what the bus
 should hold now (every active rider with templates of the current model, limited to the rider's
-``buses`` when set) and publishes the difference as deltas ``base_version -> version``: erasures
+``buses`` and ``zones`` when set: a bus holds the riders listing it and the riders of its
+zones) and publishes the difference as deltas ``base_version -> version``: erasures
 first, then additions and updates, cut so each delta fits one MQTT message. Each delta is sealed
 for that bus alone (``cloud_sync.gallery.delta``), signed with the cloud key and published with QoS 1,
 *retained* (the newest delta is the bus's "gallery head" after a reconnection).
@@ -29,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_sync.gallery.delta import derive_keys, op_size, put_op, seal_delta
+from cloud_sync.gallery.delta import code_key, derive_keys, op_size, put_op, seal_delta
 from cloud_sync.protocol import (
     CLOUD,
     MAX_PAYLOAD_BYTES,
@@ -43,6 +44,7 @@ from cloud_sync.protocol import (
     topic_for,
 )
 from cloud_sync.sqlite_schema import schema, statements, upgrade
+from edge.door.second_factor import keyed
 from enrollment.store import TemplateStore, now_iso, seal, unseal
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,18 @@ CREATE TABLE IF NOT EXISTS erasure_targets (
 );
 """
 #: The distribution tables' schema in the template store's file, step by step; add steps, never edit one.
-MIGRATIONS = schema("facefare-gallery-distribution", [("0001_initial", statements(SCHEMA))])
+# Issue 16 (second factor, zones): a step of its own, so stores made before it gain the tables.
+BUS_ZONES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gallery_bus_zones (
+    bus_id TEXT NOT NULL REFERENCES gallery_buses(bus_id),
+    zone TEXT NOT NULL,
+    PRIMARY KEY (bus_id, zone)
+);
+"""
+MIGRATIONS = schema(
+    "facefare-gallery-distribution",
+    [("0001_initial", statements(SCHEMA)), ("0002_bus_zones", statements(BUS_ZONES_SCHEMA))],
+)
 #: Room left in a message for the envelope around the ciphertext (base64 grows it by 4/3).
 ENVELOPE_ROOM = 2_000
 
@@ -135,8 +148,8 @@ class GalleryDistributor:
 
     # -- buses --------------------------------------------------------------------------------
 
-    def register_bus(self, bus_id: str, *, actor: str = "operator") -> bytes:
-        """Create the bus's 256-bit gallery secret (returned once, to provision the bus)."""
+    def register_bus(self, bus_id: str, *, zones: list[str] | None = None, actor: str = "operator") -> bytes:
+        """Create the bus's 256-bit gallery secret (returned once, to provision the bus); ``zones``: its zones."""
         import secrets
 
         secret = secrets.token_bytes(32)
@@ -146,8 +159,27 @@ class GalleryDistributor:
                 raise ValueError(f"bus {bus_id} is already registered")
             db.execute("INSERT INTO gallery_buses (bus_id, secret_nonce, secret_ct, registered_at) VALUES (?, ?, ?, ?)",
                        (bus_id, nonce, ct, now_iso()))  # fmt: skip
-            self.store.audit(db, actor, "register_bus", None, bus_id=bus_id)
+            self.store.audit(db, actor, "register_bus", None, bus_id=bus_id, zones=sorted(set(zones or [])))
+            self._set_zones(db, bus_id, zones or [])
         return secret
+
+    def set_bus_zones(self, bus_id: str, zones: list[str], *, actor: str = "operator") -> None:
+        """The zones whose riders ``bus_id`` holds from its next delta on (riders leaving them are erased from it)."""
+        with self.store.transaction() as db:
+            if not db.execute("SELECT 1 FROM gallery_buses WHERE bus_id = ?", (bus_id,)).fetchone():
+                raise KeyError(f"bus {bus_id} is not registered")
+            self._set_zones(db, bus_id, zones)
+            self.store.audit(db, actor, "bus_zones", None, bus_id=bus_id, zones=sorted(set(zones)))
+
+    @staticmethod
+    def _set_zones(db: sqlite3.Connection, bus_id: str, zones: list[str]) -> None:
+        db.execute("DELETE FROM gallery_bus_zones WHERE bus_id = ?", (bus_id,))
+        db.executemany("INSERT INTO gallery_bus_zones VALUES (?, ?)", [(bus_id, z) for z in sorted(set(zones))])
+
+    def bus_zones(self, bus_id: str) -> list[str]:
+        with self.store.lock:
+            rows = self.store.db.execute("SELECT zone FROM gallery_bus_zones WHERE bus_id = ? ORDER BY zone", (bus_id,))
+            return [r[0] for r in rows.fetchall()]
 
     def buses(self) -> list[dict[str, Any]]:
         with self.store.lock:
@@ -170,7 +202,18 @@ class GalleryDistributor:
             "EXISTS (SELECT 1 FROM templates t WHERE t.rider_id = r.rider_id AND t.model_sha256 = ?)",
             (self.model_sha256,),
         ).fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows if not r[3] or bus_id in r[3].split(",")}
+        mine = {z for (z,) in db.execute("SELECT zone FROM gallery_bus_zones WHERE bus_id = ?", (bus_id,))}
+        zones: dict[str, set[str]] = {}
+        for rider, zone in db.execute("SELECT rider_id, zone FROM rider_zones"):
+            zones.setdefault(rider, set()).add(zone)
+
+        def held(rider: str, buses: str) -> bool:
+            listed = [b for b in buses.split(",") if b]
+            if not listed and rider not in zones:
+                return True  # no buses, no zones: every bus
+            return bus_id in listed or bool(zones.get(rider, set()) & mine)
+
+        return {r[0]: (r[1], r[2]) for r in rows if held(r[0], r[3])}
 
     def build(self, bus_id: str, since: int | None = None) -> list[Published]:
         """Make (and record as published) the deltas that bring ``bus_id`` up to date.
@@ -198,10 +241,14 @@ class GalleryDistributor:
             erases = sorted(r for r in touched if r not in wanted)
             puts = sorted(r for r in touched if r in wanted)
             ops: list[dict] = [{"op": "erase", "rider_id": r} for r in erases]
+            secret = self._secret(db, bus_id)
+            codes = code_key(secret)
             for rider in puts:
                 templates = [t.embedding for t in self.store.templates(rider, self.model_sha256)]
-                ops.append(put_op("update" if rider in sent else "add", rider, wanted[rider][1], templates))
-            delta_key, _ = derive_keys(self._secret(db, bus_id))
+                digest = self.store.code_digest(rider)
+                code = keyed(codes, digest) if digest is not None else None
+                ops.append(put_op("update" if rider in sent else "add", rider, wanted[rider][1], templates, code))
+            delta_key, _ = derive_keys(secret)
             out = []
             for chunk in self._chunks(ops):
                 version = head + 1

@@ -36,9 +36,10 @@ from tqdm import tqdm
 
 from edge.door.quality import REASONS as QUALITY_REASONS
 from edge.door.quality import QualityConfig, assess
+from edge.door.second_factor import valid_code
 from edge.faces.geometry import scale_rect
 from edge.faces.images import ImageError, as_rgb, load_image_file, resize_for_detection
-from edge.faces.match import Gallery
+from edge.faces.match import LOOKALIKE_DISTANCE, Gallery
 from enrollment.config import EnrollmentConfig
 from enrollment.store import RiderRecord, StoreError, TemplateStore
 
@@ -74,6 +75,7 @@ class EnrollResult:
     duplicate_of: str | None = None
     distance: float | None = None
     message: str = ""
+    lookalike_of: str | None = None  # an enrolled rider within LOOKALIKE_DISTANCE: the bus asks for the second factor
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class EnrollResult:
             "duplicate_of": self.duplicate_of,
             "distance": self.distance,
             "message": self.message,
+            "lookalike_of": self.lookalike_of,
         }
 
 
@@ -176,9 +179,13 @@ class Enroller:
         *,
         allow_duplicate: bool = False,
         actor: str = "operator",
+        code: str | None = None,
     ) -> EnrollResult:
-        """Check the photos and, if enough pass and nobody enrolled looks the same, store the rider."""
+        """Check the photos and, if enough pass and nobody enrolled looks the same, store the rider
+        (and their second-factor ``code``, kept only as a sealed digest: TemplateStore.set_code)."""
         photos = list(photos)
+        if code is not None and not valid_code(code):
+            return EnrollResult(record.rider_id, "refused", message="the code must be 4 to 8 digits")
         accepted, refused = self.accept(photos)
         result = EnrollResult(record.rider_id, "refused", [c.name for c in accepted], refused)
         if len(accepted) < self.cfg.min_photos:
@@ -205,10 +212,35 @@ class Enroller:
         except StoreError as exc:
             result.message = str(exc)
             return result
+        if code is not None:
+            self.store.set_code(record.rider_id, code, actor=actor)
+        known = self.known()
         self._remember(record.rider_id, embeddings)
         result.status = "enrolled"
         result.message = f"enrolled with {len(embeddings)} template(s)"
+        near = self.find_lookalike(known, embeddings, record.rider_id)
+        if near is not None:
+            result.lookalike_of = near[0]
+            result.message += f"; looks like {near[0]} (distance {near[1]:.3f}): the bus will ask for the second factor"
+            with self.store.transaction() as db:
+                self.store.audit(db, actor, "lookalike_flagged", record.rider_id, similar_to=near[0],
+                                 distance=round(near[1], 3))  # fmt: skip
         return result
+
+    @staticmethod
+    def find_lookalike(known: Gallery, embeddings: list[np.ndarray], rider_id: str) -> tuple[str, float] | None:
+        """The nearest other enrolled rider within ``LOOKALIKE_DISTANCE``: the rule of
+        edge.faces.match.lookalikes, for one new rider against the enrolled (O(N), not all pairs)."""
+        best: tuple[str, float] | None = None
+        others = known.rider_ids.astype(str) != rider_id
+        for emb in embeddings:
+            if not others.any():
+                break
+            dist = np.where(others, known.distances(emb), np.inf)
+            i = int(np.argmin(dist))
+            if dist[i] <= LOOKALIKE_DISTANCE and (best is None or dist[i] < best[1]):
+                best = (str(known.rider_ids[i]), float(dist[i]))
+        return best
 
     def find_duplicate(self, embeddings: list[np.ndarray], exclude: str | None = None) -> tuple[str, float] | None:
         """The nearest enrolled rider within ``duplicate_threshold`` of any of ``embeddings``, or None."""

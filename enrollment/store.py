@@ -54,7 +54,12 @@ class RiderRecord(BaseModel):
     concession: str = Field("adult", min_length=1, max_length=40, description="Fare concession, e.g. adult, child")
     account: str = Field("", max_length=200, description="The account fares are billed to")
     buses: list[RiderId] = Field(
-        default_factory=list, description="Buses whose gallery holds this rider; empty: every bus"
+        default_factory=list, description="Buses whose gallery holds this rider; empty (and no zones): every bus"
+    )
+    zones: list[RiderId] = Field(
+        default_factory=list,
+        description="Zones (routes, a region, 'my usual buses') whose buses hold this rider; a bus holds the riders "
+        "of its own zones, so its gallery (N) stays small. No buses and no zones: every bus",
     )
 
 
@@ -123,7 +128,23 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 #: The store's schema, step by step (cloud_sync.sqlite_schema); add steps, never edit one.
-MIGRATIONS = schema("facefare-template-store", [("0001_initial", statements(SCHEMA))])
+# Issue 16 (second factor, zones): a step of its own, so stores made before it gain the tables.
+CODES_ZONES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rider_codes (
+    rider_id TEXT PRIMARY KEY REFERENCES riders(rider_id),
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rider_zones (
+    rider_id TEXT NOT NULL REFERENCES riders(rider_id),
+    zone TEXT NOT NULL,
+    PRIMARY KEY (rider_id, zone)
+);
+"""
+MIGRATIONS = schema(
+    "facefare-template-store",
+    [("0001_initial", statements(SCHEMA)), ("0002_codes_zones", statements(CODES_ZONES_SCHEMA))],
+)
 
 
 class TemplateStore:
@@ -235,6 +256,7 @@ class TemplateStore:
                 (record.rider_id, record.display_name, record.reference, record.concession, record.account,
                  ",".join(record.buses), rev, now, now),
             )  # fmt: skip
+            self._set_zones(db, record.rider_id, record.zones)
             self._insert_templates(db, record.rider_id, embeddings, model_sha256)
             kept = self._insert_photos(db, record.rider_id, photos or [])
             self.audit(db, actor, "enroll", record.rider_id, templates=len(embeddings), model_sha256=model_sha256,
@@ -252,7 +274,44 @@ class TemplateStore:
                 (record.display_name, record.reference, record.concession, record.account, ",".join(record.buses),
                  self._next_revision(db), now_iso(), record.rider_id),
             )  # fmt: skip
+            self._set_zones(db, record.rider_id, record.zones)
             self.audit(db, actor, "update", record.rider_id, concession=record.concession)
+
+    @staticmethod
+    def _set_zones(db: sqlite3.Connection, rider_id: str, zones: list[str]) -> None:
+        db.execute("DELETE FROM rider_zones WHERE rider_id = ?", (rider_id,))
+        db.executemany("INSERT INTO rider_zones VALUES (?, ?)", [(rider_id, z) for z in sorted(set(zones))])
+
+    def set_code(self, rider_id: str, code: str, *, actor: str = "operator") -> None:
+        """Keep the rider's second-factor code as its sealed slow digest (never the code); buses get it
+        keyed for each of them with the next sync. The audit log records that it changed, not what."""
+        from edge.door.second_factor import code_digest, valid_code
+
+        if not valid_code(code):
+            raise StoreError("a code is 4 to 8 digits")
+        digest = code_digest(rider_id, code)
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM riders WHERE rider_id = ?", (rider_id,)).fetchone()
+            if row is None or row["status"] != "active":
+                raise StoreError(f"rider {rider_id} is not enrolled")
+            nonce, ct = seal(self.key, digest, f"facefare-code|{rider_id}".encode())
+            db.execute("INSERT OR REPLACE INTO rider_codes VALUES (?, ?, ?)", (rider_id, nonce, ct))
+            db.execute("UPDATE riders SET revision = ?, updated_at = ? WHERE rider_id = ?",
+                       (self._next_revision(db), now_iso(), rider_id))  # fmt: skip
+            self.audit(db, actor, "code_set", rider_id)
+
+    def code_digest(self, rider_id: str) -> bytes | None:
+        """The sealed digest of the rider's code, unsealed (None: no code)."""
+        with self.lock:
+            sql = "SELECT nonce, ciphertext FROM rider_codes WHERE rider_id = ?"
+            row = self.db.execute(sql, (rider_id,)).fetchone()
+        return None if row is None else unseal(self.key, row[0], row[1], f"facefare-code|{rider_id}".encode())
+
+    def zones(self, rider_id: str) -> list[str]:
+        """The rider's zones (empty: none)."""
+        with self.lock:
+            rows = self.db.execute("SELECT zone FROM rider_zones WHERE rider_id = ? ORDER BY zone", (rider_id,))
+            return [r[0] for r in rows.fetchall()]
 
     def replace_templates(
         self, rider_id: str, embeddings: list[np.ndarray], *, model_sha256: str, actor: str = "operator",
@@ -347,6 +406,7 @@ class TemplateStore:
             raise StoreError(f"rider {rider_id} is already erased")
         n = db.execute("DELETE FROM templates WHERE rider_id = ?", (rider_id,)).rowcount
         photos = db.execute("DELETE FROM photos WHERE rider_id = ?", (rider_id,)).rowcount
+        db.execute("DELETE FROM rider_codes WHERE rider_id = ?", (rider_id,))
         db.execute(
             "UPDATE riders SET status = 'erased', display_name = '', reference = '', account = '', revision = ?, "
             "updated_at = ? WHERE rider_id = ?",

@@ -78,7 +78,8 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
         }
 
     sync = wiring.bus_sync(cfg, sync_ledger, status_fields=status, configure=gallery.attach)
-    pipeline = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile)
+    pipeline = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile,
+                           second_factor=wiring.second_factor(cfg, gallery))  # fmt: skip
     last_frame = [time.monotonic()]
     door_timing = DoorTiming()
     metrics, metrics_server, metrics_ledger = None, None, None

@@ -28,6 +28,7 @@ from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.mqtt import MqttConfig
 from edge.door.pipeline import PipelineConfig
 from edge.door.quality import QualityConfig
+from edge.door.second_factor import SecondFactorConfig
 from edge.door.smile import SmileConfig
 from edge.fares.ledger import LedgerConfig
 from edge.fares.rules import FaresConfig
@@ -101,6 +102,7 @@ class FacefareConfig(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     smile: SmileConfig = Field(default_factory=SmileConfig)
+    second_factor: SecondFactorConfig = Field(default_factory=SecondFactorConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)

@@ -15,10 +15,12 @@ from cloud_sync.cloud.ledger import open_ledger
 from cloud_sync.cloud.service import CloudService
 from cloud_sync.gallery.bus import BusGallery
 from cloud_sync.sealing import load_key
+from edge.door.second_factor import SecondFactor
 from edge.faces.engine import FaceEngine
 from edge.fares.ledger import Ledger
 from enrollment.store import TemplateStore
 from facefare.config import FacefareConfig
+from hardware.keypad import open_keypad
 
 
 def face_engine(cfg: FacefareConfig) -> FaceEngine:
@@ -54,6 +56,15 @@ def bus_gallery(cfg: FacefareConfig, model_sha256: str) -> BusGallery:
         bus_key=protocol.load_private_key(cfg.sync.resolve_key_file(cfg.data_dir)),
         sync_timeout_s=e.sync_timeout_s,
     )
+
+
+def second_factor(cfg: FacefareConfig, gallery: BusGallery) -> SecondFactor | None:
+    """The door's second factor: ``[second_factor]`` keypad and limits, codes from the bus's gallery."""
+    sf = cfg.second_factor
+    keypad = open_keypad(sf.keypad, sf.keypad_device)
+    if keypad is None:
+        return None
+    return SecondFactor(keypad, gallery.code_hash, gallery.code_key, sf)
 
 
 def bus_sync(cfg: FacefareConfig, ledger: Ledger, **kwargs: Any) -> BusSync:

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models.artifacts import sha256_file
+from models.dlib_serial import DlibFormatError
 from models.manifest import ARTIFACT_NAMES, CONVERTER_VERSION, MANIFEST, ArtifactError
 from models.mediapipe import SOURCES as MEDIAPIPE_SOURCES
 from models.mediapipe import WHEELS
@@ -102,6 +103,9 @@ def default_source_dir() -> Path:
     return Path(spec.origin).parent / "models"
 
 
+EMBEDDER_LICENCE = "supplied by the operator (see the model's own licence)"
+
+
 def default_wheels_dir(out_dir: Path) -> Path:
     """Where the pinned wheels holding MediaPipe's models are kept between conversions."""
     return Path(out_dir) / "wheels"
@@ -119,9 +123,21 @@ def _convert_tflite(name: str, wheels_dir: Path, target: Path) -> dict:
 
 
 def convert_all(
-    out_dir: Path, source_dir: Path | None = None, progress: bool = True, wheels_dir: Path | None = None
+    out_dir: Path,
+    source_dir: Path | None = None,
+    progress: bool = True,
+    wheels_dir: Path | None = None,
+    *,
+    embedder: Path | None = None,
+    embedder_licence: str = EMBEDDER_LICENCE,
 ) -> dict:
-    """Convert every artefact into ``out_dir`` and write its manifest; return the manifest."""
+    """Convert every artefact into ``out_dir`` and write its manifest; return the manifest.
+
+    ``embedder``: the operator's own face ResNet in dlib's format instead of dlib's (same
+    architecture family: a ``loss_metric`` network on 150x150 RGB chips, e.g. an MIT-licensed
+    retrained model); its hash becomes the model hash templates are tied to, so changing it makes
+    enrollment re-embed (``facefare enroll --reembed``) and buses empty their galleries.
+    """
     source_dir = Path(source_dir) if source_dir else default_source_dir()
     out_dir = Path(out_dir)
     wheels_dir = Path(wheels_dir) if wheels_dir else default_wheels_dir(out_dir)
@@ -130,6 +146,9 @@ def convert_all(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".convert-") as tmp:
         for art in tqdm(ARTIFACTS, desc="converting models", unit="model", disable=not progress):
             src = source_dir / art.source if art.source else None
+            licence, source_name = art.licence, art.source
+            if embedder is not None and art.name == "face_embedder.onnx":
+                src, licence, source_name = Path(embedder), embedder_licence, Path(embedder).name
             if src is not None and not src.is_file():
                 raise ArtifactError(f"source model {src} is missing")
             target = Path(tmp) / art.name
@@ -137,15 +156,22 @@ def convert_all(
                 meta = _convert_tflite(art.name, wheels_dir, target)
                 source, source_sha = MEDIAPIPE_SOURCES[art.name].label, MEDIAPIPE_SOURCES[art.name].sha256
             else:
-                meta = art.convert(src, target)
-                source = art.source or "dlib.get_frontal_face_detector()"
+                try:
+                    meta = art.convert(src, target)
+                except (ValueError, KeyError, EOFError, DlibFormatError) as exc:
+                    if src is not None and art.name == "face_embedder.onnx":
+                        raise ArtifactError(f"{src} is not a dlib face ResNet this converter knows ({exc})") from None
+                    raise
+                if art.name == "face_embedder.onnx" and meta.get("outputs", {}).get("embeddings", [128])[-1] != 128:
+                    raise ArtifactError(f"{src}: the embedder must give 128 values per face")
+                source = source_name or "dlib.get_frontal_face_detector()"
                 source_sha = sha256_file(src) if src else None
             entries[art.name] = {
                 "sha256": sha256_file(target),
                 "bytes": target.stat().st_size,
                 "source": source,
                 "source_sha256": source_sha,
-                "licence": art.licence,
+                "licence": licence,
                 "meta": meta,
             }
             log.info("converted %s (%d bytes)", art.name, entries[art.name]["bytes"])

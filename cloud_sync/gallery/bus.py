@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cloud_sync.gallery.delta import DIM, DeltaError, DeltaOps, EraseOp, derive_keys, open_delta
+from cloud_sync.gallery.delta import DIM, DeltaError, DeltaOps, EraseOp, code_key, derive_keys, open_delta
 from cloud_sync.protocol import CLOUD, Envelope, GalleryAck, GalleryDelta, ProtocolError, encode, parse, topic_for
 from cloud_sync.sealing import seal, unseal
 from cloud_sync.sqlite_schema import schema, statements, upgrade
@@ -64,7 +64,18 @@ CREATE TABLE IF NOT EXISTS templates (
 );
 """
 #: The gallery file's schema, step by step (cloud_sync.sqlite_schema); add steps, never edit one.
-MIGRATIONS = schema("facefare-bus-gallery", [("0001_initial", statements(SCHEMA))])
+# Issue 16 (second factor, zones): a step of its own, so stores made before it gain the tables.
+CODES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS codes (
+    rider_id TEXT PRIMARY KEY REFERENCES riders(rider_id),
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+"""
+MIGRATIONS = schema(
+    "facefare-bus-gallery",
+    [("0001_initial", statements(SCHEMA)), ("0002_codes", statements(CODES_SCHEMA))],
+)
 
 
 def _without(gallery: Gallery | QuantizedGallery, erased: list[str]) -> Gallery | QuantizedGallery:
@@ -73,6 +84,10 @@ def _without(gallery: Gallery | QuantizedGallery, erased: list[str]) -> Gallery 
         return gallery.without(erased)
     keep = ~np.isin(gallery.rider_ids.astype(str), erased)
     return Gallery([str(r) for r in gallery.rider_ids[keep]], gallery.embeddings[keep])
+
+
+def _code_aad(bus_id: str, rider_id: str) -> bytes:
+    return f"facefare-bus-code|{bus_id}|{rider_id}".encode()
 
 
 def _aad(bus_id: str, rider_id: str, idx: int) -> bytes:
@@ -102,6 +117,7 @@ class BusGallery:
         self.sync_timeout_s = sync_timeout_s
         self.fast_min_size = fast_min_size
         self._delta_key, self._store_key = derive_keys(secret)
+        self.code_key = code_key(secret)  # edge.door.second_factor checks codes under it
         self.lock = threading.RLock()
         self.rejected: Counter[str] = Counter()
         self.pending: dict[int, tuple[GalleryDelta, Opened]] = {}  # base_version -> delta not yet applicable
@@ -137,6 +153,7 @@ class BusGallery:
             with self.lock:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute("DELETE FROM templates")
+                self.db.execute("DELETE FROM codes")
                 self.db.execute("DELETE FROM riders")
                 self.db.execute("DELETE FROM meta")
                 self.db.execute("COMMIT")
@@ -214,6 +231,11 @@ class BusGallery:
     def riders(self) -> list[str]:
         """The rider ids held, sorted (a property, as ``Gallery.riders``)."""
         return sorted(self._riders)
+
+    @property
+    def rider_count(self) -> int:
+        """How many riders are held (without sorting a million ids: the pipeline asks on every delta)."""
+        return len(self._riders)
 
     def concession(self, rider_id: str) -> str | None:
         found = self._riders.get(rider_id)
@@ -348,7 +370,8 @@ class BusGallery:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("DELETE FROM templates WHERE rider_id = ?", [(op.rider_id,) for op in ops.ops])
-            rows, people = [], []
+            db.executemany("DELETE FROM codes WHERE rider_id = ?", [(op.rider_id,) for op in ops.ops])
+            rows, people, codes = [], [], []
             for op, emb in zip(ops.ops, decoded, strict=True):
                 if isinstance(op, EraseOp) or emb is None:
                     riders.pop(op.rider_id, None)
@@ -359,9 +382,12 @@ class BusGallery:
                     nonce, ct = seal(self._store_key, vec.tobytes(), _aad(self.bus_id, op.rider_id, idx))
                     rows.append((op.rider_id, idx, nonce, ct))
                 riders[op.rider_id] = (op.concession, emb)
+                if (hashed := op.code_hash()) is not None:
+                    codes.append((op.rider_id, *seal(self._store_key, hashed, _code_aad(self.bus_id, op.rider_id))))
             db.executemany("DELETE FROM riders WHERE rider_id = ?", [(r,) for r in erased])
             db.executemany("INSERT OR REPLACE INTO riders VALUES (?, ?)", people)
             db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO codes VALUES (?, ?, ?)", codes)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(body.version),))
             db.execute("COMMIT")
         except BaseException:
@@ -380,6 +406,12 @@ class BusGallery:
         log.info("gallery %s: version %d -> %d (%d ops, %d erased, %d riders)", self.bus_id, body.base_version,
                  body.version, len(ops.ops), len(erased), len(riders))  # fmt: skip
         return erased
+
+    def code_hash(self, rider_id: str) -> bytes | None:
+        """The keyed hash of the rider's second-factor code on this bus (None: they chose none)."""
+        with self.lock:
+            row = self.db.execute("SELECT nonce, ciphertext FROM codes WHERE rider_id = ?", (rider_id,)).fetchone()
+        return None if row is None else unseal(self._store_key, row[0], row[1], _code_aad(self.bus_id, rider_id))
 
     def stored_bytes(self) -> bytes:
         """The raw bytes of the gallery file (and any journal), for checks that erased data is gone."""

