@@ -160,6 +160,11 @@ class CloudLedger:
     def __init__(self, rules: FaresConfig | None = None) -> None:
         self.rules = (rules or FaresConfig()).model_copy(update={"deny": []})
 
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether retrying can fix ``exc``: the database unreachable, locked, out of space for
+        now. Anything else (a value the database refuses, a constraint) fails again on retry."""
+        return isinstance(exc, OSError | ConnectionError | TimeoutError)
+
     # -- backend primitives ----------------------------------------------------------------
 
     def close(self) -> None:
@@ -480,6 +485,10 @@ class SqliteLedger(CloudLedger):
     def close(self) -> None:
         self.conn.close()
 
+    def is_transient(self, exc: BaseException) -> bool:
+        # OperationalError: locked, busy, disk I/O, full: the database itself may recover.
+        return isinstance(exc, sqlite3.OperationalError) or super().is_transient(exc)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         if self.conn.in_transaction:  # nested: part of the outer transaction
@@ -534,6 +543,12 @@ class PostgresLedger(CloudLedger):
 
     def close(self) -> None:
         self.conn.close()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        import psycopg
+
+        # OperationalError: the server went away, shut down, ran out of space, a lock timed out.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or super().is_transient(exc)
 
     def _live(self) -> Any:
         """The connection, made again if the server restarted or the network dropped."""

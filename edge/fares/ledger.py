@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlite_utils import Database
 
 from edge.fares import rules as fares
-from edge.fares.record import FARE_COLUMNS, epoch_ms, fare_id_for, from_epoch_ms, rules_digest
+from edge.fares.record import FARE_COLUMNS, ID_PATTERN, epoch_ms, fare_id_for, from_epoch_ms, rules_digest
 from edge.fares.rules import Boarding, FaresConfig, Outcome, PastFare, Quote, Reason, RiderState
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class LedgerConfig(BaseModel):
         None, description="SQLite file; default <data_dir>/ledger.db; a relative path is under data_dir"
     )
     bus_id: str = Field(
-        default_factory=socket.gethostname, min_length=1, description="This bus, in fare ids (default: hostname)"
+        default_factory=socket.gethostname,
+        pattern=ID_PATTERN,
+        description="This bus, in fare ids and MQTT topics (default: hostname): letters, digits, '_.-', at most 64",
     )
     max_bytes: int | None = Field(
         None,
@@ -228,6 +230,29 @@ MIGRATIONS: tuple[Migration, ...] = (
                 SELECT d.rider_id, d.reason, d.at FROM deny_events d
                 WHERE d.seq = (SELECT MAX(seq) FROM deny_events e WHERE e.rider_id = d.rider_id)
                   AND d.action = 'deny'""",
+        ),
+    ),
+)
+MIGRATIONS += (
+    Migration(
+        2,
+        "fares that left the outbox unacknowledged: refused by the cloud or quarantined on the bus",
+        (
+            # An outbox row used to leave only through acks, so a fare the cloud refused for good
+            # looked acknowledged. Now it leaves through fare_rejections, which says who and why.
+            """CREATE TABLE fare_rejections (
+                seq INTEGER PRIMARY KEY,
+                fare_id TEXT NOT NULL UNIQUE REFERENCES fares (fare_id),
+                source TEXT NOT NULL CHECK (source IN ('cloud', 'bus')),
+                reason TEXT NOT NULL,
+                at TEXT NOT NULL
+            ) STRICT""",
+            *_append_only("fare_rejections"),
+            "DROP TRIGGER outbox_leaves_only_when_acked",
+            """CREATE TRIGGER outbox_leaves_only_when_acked BEFORE DELETE ON outbox
+                WHEN NOT EXISTS (SELECT 1 FROM acks WHERE acks.fare_id = OLD.fare_id)
+                 AND NOT EXISTS (SELECT 1 FROM fare_rejections r WHERE r.fare_id = OLD.fare_id)
+                BEGIN SELECT RAISE(ABORT, 'an outbox row leaves only when the cloud acknowledges it'); END""",
         ),
     ),
 )
@@ -488,13 +513,16 @@ class Ledger:
             sql += f" LIMIT {int(limit)}"
         return [{**r, "payload": json.loads(r["payload"])} for r in self.db.query(sql)]
 
-    def ack(self, fare_ids: Iterable[str]) -> int:
+    def ack(self, fare_ids: Iterable[str], rejected: dict[str, str] | None = None) -> int:
         """The cloud has these fares: record the acknowledgements and empty their outbox rows.
 
-        Returns how many were newly acknowledged; ids already acknowledged or unknown are
-        ignored (logged), so a repeated ack from the cloud is harmless.
+        ``rejected`` (fare id -> reason) are fares the cloud refused for good: they leave the
+        outbox too, but are recorded in ``fare_rejections`` (source ``cloud``), not as acknowledged,
+        so ``facefare ledger show`` lists them for the operator. Returns how many rows left the
+        outbox; ids already settled or unknown are ignored (logged), so a repeated ack is harmless.
         """
-        ids = list(dict.fromkeys(fare_ids))
+        rejected = dict(rejected or {})
+        ids = list(dict.fromkeys([*fare_ids, *rejected]))
         done = 0
         try:
             with self._write():
@@ -502,7 +530,14 @@ class Ledger:
                 for fid in ids:
                     if self.db.execute("SELECT 1 FROM outbox WHERE fare_id = ?", [fid]).fetchone() is None:
                         continue
-                    self.db.execute("INSERT OR IGNORE INTO acks (fare_id, acked_at) VALUES (?, ?)", [fid, at])
+                    if fid in rejected:
+                        self.db.execute(
+                            "INSERT OR IGNORE INTO fare_rejections (fare_id, source, reason, at) "
+                            "VALUES (?, 'cloud', ?, ?)",
+                            [fid, str(rejected[fid])[:200], at],
+                        )
+                    else:
+                        self.db.execute("INSERT OR IGNORE INTO acks (fare_id, acked_at) VALUES (?, ?)", [fid, at])
                     self.db.execute("DELETE FROM outbox WHERE fare_id = ?", [fid])
                     done += 1
         except sqlite3.Error as exc:
@@ -512,6 +547,31 @@ class Ledger:
             log.warning("ledger %s: %d of %d acknowledged fares were not in the outbox", self.path,
                         len(ids) - done, len(ids))
         return done
+
+    def quarantine(self, fare_id: str, reason: str) -> bool:
+        """Take a fare the protocol refuses out of the outbox, so it stops blocking the fares after it.
+
+        The fare stays in ``fares`` (the rider was charged; nothing is lost) and is recorded in
+        ``fare_rejections`` with source ``bus``; ``facefare ledger show`` lists it for the operator.
+        Returns whether a row left the outbox.
+        """
+        with self._write():
+            if self.db.execute("SELECT 1 FROM outbox WHERE fare_id = ?", [fare_id]).fetchone() is None:
+                return False
+            self.db.execute(
+                "INSERT OR IGNORE INTO fare_rejections (fare_id, source, reason, at) VALUES (?, 'bus', ?, ?)",
+                [fare_id, reason[:200], _now()],
+            )
+            self.db.execute("DELETE FROM outbox WHERE fare_id = ?", [fare_id])
+        log.error("ledger %s: fare %s quarantined (%s); it stays in the ledger, not sent", self.path, fare_id, reason)
+        return True
+
+    def rejections(self) -> list[dict[str, Any]]:
+        """Fares that left the outbox without the cloud's acknowledgement: who refused them and why."""
+        return list(self.db.query(
+            "SELECT r.fare_id, r.source, r.reason, r.at, f.rider_id, f.amount_minor, f.currency, f.service_day "
+            "FROM fare_rejections r JOIN fares f ON f.fare_id = r.fare_id ORDER BY r.seq"
+        ))  # fmt: skip
 
     # -- deny list -------------------------------------------------------------------------
 
@@ -595,7 +655,9 @@ class Ledger:
         """Counts for a quick look: fares, outbox, acks, denied riders, schema version, bytes on disk."""
         count = self.db.execute(
             "SELECT (SELECT COUNT(*) FROM fares), (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM acks), "
-            "(SELECT COUNT(*) FROM deny_list)"
+            "(SELECT COUNT(*) FROM deny_list), "
+            "(SELECT COUNT(*) FROM fare_rejections WHERE source = 'cloud'), "
+            "(SELECT COUNT(*) FROM fare_rejections WHERE source = 'bus')"
         ).fetchone()
         return {
             "path": self.path,
@@ -605,6 +667,8 @@ class Ledger:
             "outbox": count[1],
             "acks": count[2],
             "denied_riders": count[3],
+            "rejected_by_cloud": count[4],
+            "quarantined": count[5],
             "bytes_on_disk": self.size_bytes(),
         }
 

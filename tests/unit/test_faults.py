@@ -1,0 +1,178 @@
+"""Issue 19: faults that broke FaceFare, without a broker (real SQLite; PostgreSQL where it matters).
+
+* defect 1: the protocol refuses every fare the cloud ledger could not store (real dates,
+  ``boarded_ms`` on its service day, int64, no NUL), checked as a property against SQLite; a fare
+  that still cannot be stored is refused alone, and the rest of the batch goes on;
+* defect 3 (part): gallery versions are bounded to int64;
+* defect 8: the bus's config refuses a route or bus id the protocol would refuse;
+* also: fares the cloud refused for good are kept apart from acknowledged ones in the bus ledger.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from cloud_sync import protocol
+from cloud_sync.cloud.ledger import FaresMessage, open_ledger
+from cloud_sync.cloud.service import CloudService, _Item
+from cloud_sync.mqtt import MqttConfig
+from cloud_sync.protocol import Envelope, Fare, Fares, GalleryAck, GalleryDelta, ProtocolError, topic_for
+from edge.fares.ledger import Ledger
+from edge.fares.record import epoch_ms
+from edge.fares.rules import FaresConfig
+from facefare.config import ConfigError, load_config
+
+KEY = protocol.generate_key()
+AT = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+
+
+def fare_dict(**changes: Any) -> dict[str, Any]:
+    data = dict(fare_id=str(uuid.uuid4()), bus_id="bus-1", trip_id="t", route_id="12", rider_id="r1",
+                concession="adult", boarded_at=AT.isoformat(), boarded_ms=epoch_ms(AT), service_day="2025-03-03",
+                amount_minor=250, base_minor=250, currency="EUR", reason="paid", rules_digest="x",
+                recorded_at=AT.isoformat())  # fmt: skip
+    data.update(changes)
+    return data
+
+
+def signed(body: dict[str, Any]) -> bytes:
+    """A correctly signed fares message around ``body`` (built without validating it, as an attacker would)."""
+    raw = {"v": 1, "type": "fares", "sender": "bus-1", "msg_id": uuid.uuid4().hex, "sent_ms": protocol.now_ms(),
+           "body": {"fares": [body]}}  # fmt: skip
+    raw["sig"] = base64.b64encode(KEY.sign(protocol.canonical_json(raw))).decode()
+    return protocol.canonical_json(raw)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"service_day": "2025-13-45"},  # the issue's wedge: not a date
+        {"service_day": "2025-02-30"},
+        {"boarded_ms": 2**63},  # the issue's wedge: beyond int64
+        {"boarded_ms": 2**63 - 1},  # int64, but no date of it exists
+        {"boarded_ms": epoch_ms(AT) + 5 * 86_400_000},  # not on its service day
+        {"route_id": "12\x00"},  # PostgreSQL TEXT cannot hold NUL
+    ],
+    ids=["month13", "feb30", "int64+1", "int64max", "other-day", "nul"],
+)
+def test_protocol_refuses_a_signed_fare_the_ledger_could_not_store(changes: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.parse(topic_for("fares", "bus-1"), signed(fare_dict(**changes)), {"bus-1": KEY.public_key()}.get)
+    assert err.value.reason == "schema"
+    # the unchanged fare passes
+    protocol.parse(topic_for("fares", "bus-1"), signed(fare_dict()), {"bus-1": KEY.public_key()}.get)
+
+
+def test_gallery_versions_are_bounded_to_int64() -> None:
+    with pytest.raises(ValidationError):
+        GalleryAck(version=2**63)
+    with pytest.raises(ValidationError):
+        GalleryDelta(base_version=0, version=2**63, model_sha256="0" * 64, nonce="n", ciphertext="c")
+    assert GalleryAck(version=2**63 - 1).version == 2**63 - 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    day=st.one_of(st.dates().map(date.isoformat), st.from_regex(r"\d{4}-\d{2}-\d{2}", fullmatch=True)),
+    offset_ms=st.one_of(st.integers(-3 * 86_400_000, 4 * 86_400_000), st.integers(-(2**64), 2**64)),
+    text=st.text(max_size=5),
+    amount=st.integers(0, 10**9),
+)
+def test_every_fare_the_protocol_accepts_the_cloud_ledger_stores(day: str, offset_ms: int, text: str,
+                                                                  amount: int) -> None:  # fmt: skip
+    try:
+        start = epoch_ms(datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC))
+    except (ValueError, OverflowError):
+        start = 0
+    data = fare_dict(service_day=day, boarded_ms=start + offset_ms, route_id=text, reason=text, amount_minor=amount)
+    try:
+        fare = Fare.model_validate(data)
+    except ValidationError:
+        return
+    with open_ledger("sqlite:///:memory:") as led:
+        (res,) = led.ingest([FaresMessage("bus-1", uuid.uuid4().hex, 0, [fare])])
+        assert res.acked == [fare.fare_id]
+
+
+# -- the cloud service: one unstorable fare does not wedge the batch ----------------------------
+
+
+def _item(fares: list[Any], sender: str) -> _Item:
+    env = Envelope.model_construct(type="fares", sender=sender, msg_id=uuid.uuid4().hex, sent_ms=protocol.now_ms(),
+                                   body=Fares.model_construct(fares=fares))  # fmt: skip
+    return _Item(topic_for("fares", sender), 1, 1, False, env, None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_fare_the_ledger_cannot_store_is_refused_alone_and_every_other_fare_goes_in(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Defect 1: the old service retried such a batch forever (and the broker redelivered it after
+    every restart); now the one fare is refused as ``unstorable`` and the rest is applied."""
+    url = f"sqlite:///{tmp_path / 'cloud.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_dsn")
+    led = open_ledger(url)
+    service = CloudService(led, protocol.generate_key(), MqttConfig())
+    # Past the protocol (as an older bus software or a bug could produce): the database refuses it.
+    bad = Fare.model_construct(**fare_dict(boarded_ms=2**63))
+    good_same_msg = Fare.model_validate(fare_dict())
+    other_bus = Fare.model_validate(fare_dict(bus_id="bus-2"))
+    stop = threading.Event()
+    timer = threading.Timer(5.0, stop.set)  # the old code never returns: give up after 5 s
+    timer.start()
+    try:
+        service._process([_item([bad, good_same_msg], "bus-1"), _item([other_bus], "bus-2")], led, stop)
+    finally:
+        timer.cancel()
+    try:
+        assert not stop.is_set(), "the service kept retrying a batch it can never apply"
+        stored = set(led.fares_of_bus("bus-1"))
+        assert good_same_msg.fare_id in stored and bad.fare_id not in stored
+        assert other_bus.fare_id in led.fares_of_bus("bus-2")
+        assert led.rejection_counts().get("unstorable") == 1
+        assert service.counts["unstorable"] == 1
+        # The same message delivered again (after a crash) applies nothing twice.
+        service._process([_item([good_same_msg], "bus-1")], led, stop)
+        assert sorted(e["amount_minor"] for e in led.entries()) == [250, 250]
+    finally:
+        led.close()
+
+
+# -- the bus: config held to the protocol; refused fares kept apart -----------------------------
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"pipeline": {"route_id": "r" * 201}}, {"pipeline": {"trip_id": "t" * 201}}, {"ledger": {"bus_id": "bus 7"}},
+     {"ledger": {"bus_id": "b" * 65}}],  # fmt: skip
+    ids=["route", "trip", "bus-space", "bus-long"],
+)
+def test_config_refuses_ids_the_protocol_refuses(override: dict[str, Any]) -> None:
+    section, values = next(iter(override.items()))
+    key = next(iter(values))
+    with pytest.raises(ConfigError, match=f"{section}"):
+        load_config(None, **override)
+    assert key
+
+
+def test_fares_refused_by_the_cloud_are_not_recorded_as_acknowledged() -> None:
+    led = Ledger(":memory:", FaresConfig(routes={"12": 250}), bus_id="bus-1")
+    ok = led.charge("r1", "12", AT, trip_id="t").fare_id
+    refused = led.charge("r2", "12", AT, trip_id="t").fare_id
+    bad = led.charge("r3", "12", AT + timedelta(hours=1), trip_id="t").fare_id
+    assert led.ack([ok], {refused: "conflict"}) == 2
+    assert led.quarantine(bad, "protocol refuses route_id")
+    st_ = led.stats()
+    assert (st_["outbox"], st_["acks"], st_["rejected_by_cloud"], st_["quarantined"]) == (0, 1, 1, 1)
+    assert [(r["fare_id"], r["source"], r["reason"]) for r in led.rejections()] == [
+        (refused, "cloud", "conflict"), (bad, "bus", "protocol refuses route_id")]  # fmt: skip
+    assert led.balance("r2").charged_minor == 250  # the charge itself is kept
