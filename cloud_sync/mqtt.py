@@ -110,6 +110,10 @@ class Client(paho.Client):
         super().__init__(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self.cfg = cfg
         self.clean_start = clean_start
+        # A callback that raises must never end the network thread (no more acks, deltas or
+        # reconnects, issue 19 defect 3): paho logs it and carries on.
+        self.suppress_exceptions = True
+        self.enable_logger(logging.getLogger("paho"))
 
     def session_properties(self) -> Properties:
         """CONNECT properties: a session expiry interval (0 with clean_start, so nothing is kept)."""

@@ -284,14 +284,19 @@ class GalleryDistributor:
     def handle(self, topic: str, payload: bytes) -> str:
         """Process one ``gallery_ack`` from a bus; returns what happened (never raises)."""
         try:
-            env = parse(topic, payload, self.bus_keys)
+            # No freshness check: an ack is idempotent by version (a bus clock far off must still confirm).
+            env = parse(topic, payload, self.bus_keys, check_time=False)
             self.replay.check(env)
         except ProtocolError as exc:
             log.warning("gallery_ack refused (%s): %s", exc.reason, exc.detail)
             return f"rejected:{exc.reason}"
         if not isinstance(env.body, GalleryAck):
             return "rejected:topic"
-        return self.acknowledge(env.sender, env.body)
+        try:
+            return self.acknowledge(env.sender, env.body)
+        except Exception:  # the store locked or full: the bus acks again with its next delta or resync
+            log.exception("cannot record the gallery_ack of %s", env.sender)
+            return "failed"
 
     def acknowledge(self, bus_id: str, ack: GalleryAck) -> str:
         """Record that ``bus_id`` holds ``ack.version``; confirm erasures; resend on request."""
@@ -300,8 +305,11 @@ class GalleryDistributor:
             if row is None:
                 return "unknown_bus"
             if ack.version > row[0]:
-                log.warning("bus %s reports gallery version %d, ahead of the %d published", bus_id, ack.version,
-                            row[0])  # fmt: skip
+                # No bus can hold a version never published: refuse it, or it would confirm
+                # erasures (and record a version) the bus never received.
+                log.error("bus %s reports gallery version %d, ahead of the %d published; ignored", bus_id,
+                          ack.version, row[0])  # fmt: skip
+                return "rejected:ahead"
             db.execute("UPDATE gallery_buses SET acked_version = ?, acked_at = ? WHERE bus_id = ?",
                        (ack.version, now_iso(), bus_id))  # fmt: skip
             confirmed = [r[0] for r in db.execute(

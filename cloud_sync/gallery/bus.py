@@ -90,6 +90,8 @@ class BusGallery:
         bus_key: Ed25519PrivateKey | None = None,
         sync_timeout_s: float = 10.0,
         fast_min_size: int = 20_000,
+        busy_timeout_s: float = 5.0,
+        resync_backoff_s: float = 2.0,
     ) -> None:
         self.path = Path(path)
         self.bus_id = bus_id
@@ -107,7 +109,9 @@ class BusGallery:
         self._head = 0
         self.wiped = False  # the store was emptied for a new model: ask the cloud for everything
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.resync_backoff_s = resync_backoff_s
+        self._resync_timer: threading.Timer | None = None
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         # WAL: one fsync per applied delta; after an erasure the WAL is checkpointed and truncated so
         # the erased templates' pages survive nowhere (secure_delete zeroes them in the database).
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON", "foreign_keys=ON"):
@@ -300,7 +304,37 @@ class BusGallery:
         if retained:
             with self.lock:
                 self._head = max(self._head, env.body.version)
-        return self.apply(env.body)
+        try:
+            return self.apply(env.body)
+        except Exception as exc:
+            # gallery.db locked past its timeout, a full disk...: the delta is lost with this
+            # message (the broker has it as delivered), so ask the cloud again from this version.
+            self.rejected["apply_failed"] += 1
+            log.exception("gallery %s: delta %d->%d could not be applied (%s); asking for a resync", self.bus_id,
+                          env.body.base_version, env.body.version, exc)  # fmt: skip
+            self._resync_soon(env.body.version)
+            return "failed"
+
+    def _resync_soon(self, wanted: int, delay_s: float | None = None) -> None:
+        """Ask the cloud for the changes since our version after ``delay_s``, again with a doubling
+        delay (at most 5 min) until the gallery reaches ``wanted``."""
+        delay = self.resync_backoff_s if delay_s is None else delay_s
+
+        def fire() -> None:
+            if self.version >= wanted:
+                return
+            try:
+                self.send_ack(resync=True)
+            except Exception:
+                log.exception("gallery %s: cannot ask for a resync", self.bus_id)
+            self._resync_soon(wanted, min(delay * 2, 300.0))
+
+        with self.lock:
+            if self._resync_timer is not None:
+                self._resync_timer.cancel()
+            self._resync_timer = threading.Timer(delay, fire)
+            self._resync_timer.daemon = True
+            self._resync_timer.start()
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
@@ -395,5 +429,7 @@ class BusGallery:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._resync_timer is not None:
+            self._resync_timer.cancel()
         with self.lock:
             self.db.close()
