@@ -189,6 +189,19 @@ class TemplateStore:
             (now_iso(), actor, action, rider_id, json.dumps(detail, sort_keys=True)),
         )
 
+    def change_mark(self) -> int:
+        """A number that grows with every enrollment, erasure or other audited change, whichever
+        process made it (the audit log is append-only): a cache of riders is current while it holds."""
+        with self.lock:
+            return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+
+    def changed_since(self, mark: int, except_rider: str | None = None) -> bool:
+        """Whether anything was audited after ``mark`` (other than changes of ``except_rider``)."""
+        with self.lock:
+            row = self.db.execute("SELECT 1 FROM audit WHERE seq > ? AND (rider_id IS NULL OR rider_id != ?) LIMIT 1",
+                                  (mark, except_rider or "")).fetchone()  # fmt: skip
+        return row is not None
+
     def audit_log(self, rider_id: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
             sql = "SELECT * FROM audit" + (" WHERE rider_id = ?" if rider_id else "") + " ORDER BY seq"
