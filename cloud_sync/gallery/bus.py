@@ -110,6 +110,8 @@ class BusGallery:
         self.wiped = False  # the store was emptied for a new model: ask the cloud for everything
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.resync_backoff_s = resync_backoff_s
+        #: (base, version) of every delta applied since this object was made, in order (tests, audits).
+        self.applied: list[tuple[int, int]] = []
         self._resync_timer: threading.Timer | None = None
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         # WAL: one fsync per applied delta; after an erasure the WAL is checkpointed and truncated so
@@ -229,8 +231,10 @@ class BusGallery:
             self._head = 0
         if client is not None:
             client.subscribe(topic_for("gallery", self.bus_id), qos=1)
-        if self.wiped and self.version == 0:
-            self.send_ack(resync=True)
+        # Always say which version we hold: deltas expire at the broker, so a bus away for longer
+        # than their expiry gets none queued (maybe no retained head either); the cloud then
+        # resends the changes since this version. A first start or a wiped store asks outright.
+        self.send_ack(resync=self.wiped and self.version == 0)
 
     @property
     def ready(self) -> bool:
@@ -402,6 +406,7 @@ class BusGallery:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._riders = riders
         self._version = body.version
+        self.applied.append((body.base_version, body.version))
         self._generation += 1
         self._templates = sum(len(e) for _, e in riders.values())
         if erased:  # erasures reach the matcher now, in one assignment; the rest with the rebuild

@@ -61,7 +61,8 @@ def _distributor(cfg: Any, store: Any, model_sha256: str | None = None, *, conne
 
         model_sha256 = wiring.face_engine(cfg).embedder_sha256
     dist = GalleryDistributor(store, cloud_key, model_sha256, bus_keys=_bus_keys(cfg),
-                              delta_bytes=cfg.enrollment.delta_bytes)  # fmt: skip
+                              delta_bytes=cfg.enrollment.delta_bytes,
+                              delta_expiry_s=cfg.enrollment.delta_expiry_s)  # fmt: skip
     if connect:
         from cloud_sync.mqtt import MqttConnectError
         from cloud_sync.mqtt import connect as mqtt_connect

@@ -79,3 +79,50 @@ def test_a_locked_gallery_keeps_the_network_loop_and_the_erasure_still_arrives(m
         cloud.disconnect()
         cloud.loop_stop()
         bus.close()
+
+
+def test_a_delta_holding_an_erased_template_expires_at_the_broker_and_the_bus_resyncs(mosquitto, tmp_path) -> None:
+    """Defect 11: for an offline bus, the delta that added a rider stayed queued in mosquitto.db
+    (decryptable with keys the cloud holds) after the rider was erased, up to the 7-day session expiry."""
+    store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
+    rng = np.random.default_rng(11)
+
+    def add(rider: str) -> None:
+        vec = rng.normal(size=128)
+        store.add_rider(RiderRecord(rider_id=rider), [vec / np.linalg.norm(vec)], model_sha256=MODEL)
+
+    add("alice")
+    cloud_key, bus_key = generate_key(), generate_key()
+    dist = GalleryDistributor(store, cloud_key, MODEL, bus_keys={"bus-1": bus_key.public_key()}.get, delta_expiry_s=1)
+    secret = dist.register_bus("bus-1")
+    cloud = connect(mosquitto.config_for("cloud"), "cloud")
+    dist.attach(cloud)
+    dist.sync()
+    bus = BusGallery(tmp_path / "bus-1.db", "bus-1", secret, MODEL, cloud_key.public_key(), bus_key=bus_key)
+    client = make_client(mosquitto.config_for("bus-1"), "bus-1")
+    bus.attach(client)
+    try:
+        wait_connected(client)
+        wait_until(lambda: bus.riders == ["alice"], what="the first delta")
+        client.disconnect()  # the bus goes away; its session (and queue) stays at the broker
+        client.loop_stop()
+
+        add("carol")
+        dist.sync()  # a delta with carol's template, queued for the bus
+        dist.erase("carol")  # and her erasure
+        dist.flush()
+        time.sleep(2.5)  # longer than the deltas' expiry
+
+        client = make_client(mosquitto.config_for("bus-1"), "bus-1")
+        bus.attach(client)
+        wait_connected(client)
+        wait_until(lambda: bus.version == dist.buses()[0]["version"], 10, "the resync from the bus's version")
+        assert bus.applied[0] == (0, 1) and all(base == 1 for base, _ in bus.applied[1:]), bus.applied
+        assert bus.riders == ["alice"]
+        wait_until(lambda: all(s.confirmed for s in dist.erase_status("carol")), 10, "the erasure's confirmation")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        cloud.disconnect()
+        cloud.loop_stop()
+        bus.close()
