@@ -49,6 +49,7 @@ from pydantic import (
 )
 
 from edge.fares.record import FARE_COLUMNS, ID_PATTERN, TEXT_MAX
+from edge.files import check_private
 
 VERSION = 1
 PREFIX = f"facefare/v{VERSION}"
@@ -431,6 +432,8 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read an Ed25519 private key (PEM); refuse one that others can read (it signs fares or acks)."""
+    check_private(path, "private key")
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")

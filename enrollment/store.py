@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_sync.sealing import StoreError, create_key, load_key, seal, unseal  # noqa: F401 (re-exported)
 from edge.faces.match import Gallery
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class TemplateStore:
 
     def __init__(self, path: Path, key: bytes, *, keep_photos: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path, "template store")  # names, accounts, operators' hashes: owner only (0600)
         self.key = key
         self.keep_photos = keep_photos
         self.lock = threading.RLock()

@@ -46,6 +46,7 @@ from cloud_sync.cloud.settlement import GroupFare, refunds_for, service_week_of
 from cloud_sync.protocol import Fare
 from edge.fares.record import FARE_COLUMNS
 from edge.fares.rules import FaresConfig
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -464,8 +465,7 @@ class SqliteLedger(CloudLedger):
     def __init__(self, path: str | Path, rules: FaresConfig | None = None) -> None:
         super().__init__(rules)
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path, "cloud ledger")  # every rider's fares: owner only (0600)
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA busy_timeout = 10000")
         if self.path != ":memory:":

@@ -45,6 +45,7 @@ from cloud_sync.protocol import CLOUD, Envelope, GalleryAck, GalleryDelta, Proto
 from cloud_sync.sealing import seal, unseal
 from edge.faces.fast_match import QuantizedGallery
 from edge.faces.match import Gallery, Match
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class BusGallery:
         self._syncing_since: float | None = None
         self._head = 0
         self.wiped = False  # the store was emptied for a new model: ask the cloud for everything
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path, "bus gallery")  # encrypted templates and rider ids: owner only (0600)
         self.resync_backoff_s = resync_backoff_s
         #: (base, version) of every delta applied since this object was made, in order (tests, audits).
         self.applied: list[tuple[int, int]] = []

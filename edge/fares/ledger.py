@@ -53,6 +53,7 @@ from sqlite_utils import Database
 from edge.fares import rules as fares
 from edge.fares.record import FARE_COLUMNS, ID_PATTERN, epoch_ms, fare_id_for, from_epoch_ms, rules_digest
 from edge.fares.rules import Boarding, FaresConfig, Outcome, PastFare, Quote, Reason, RiderState
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class Ledger:
                                    check_same_thread=False)  # fmt: skip
         else:
             if not memory:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                private_file(self.path, "bus ledger")  # rider ids and fares: owner only (0600)
             # Explicit transactions only. A Ledger may be created in one thread and used in another
             # (edge.door.node's ledger thread) but by one thread at a time: give each thread its own Ledger.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -106,3 +106,25 @@ def test_scripts_parse() -> None:
         assert path.stat().st_mode & 0o111, f"{script} is not executable"
         result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
+
+
+CLOUD_UNITS = ("facefare-cloud.service", "facefare-enrollment.service", "facefare-dashboard.service")
+
+
+@pytest.mark.parametrize("name", CLOUD_UNITS)
+def test_cloud_services_have_units_with_the_bus_units_hardening(name: str, tmp_path: Path) -> None:
+    """Issue 19, defect 14: the cloud services had no units; they get the bus's hardening and UMask 0077."""
+    bus, unit = unit_keys(UNIT)["Service"], unit_keys(ROOT / "deploy" / name)["Service"]
+    hardening = ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ProtectKernelTunables",
+                 "ProtectKernelModules", "ProtectControlGroups", "RestrictSUIDSGID", "RestrictNamespaces",
+                 "LockPersonality", "CapabilityBoundingSet", "User")  # fmt: skip
+    for key in hardening:
+        assert unit[key] == bus[key], key
+    assert unit["UMask"] == ["0077"] and unit["Restart"] == ["always"]
+    if shutil.which("systemd-analyze") is not None:
+        text = (ROOT / "deploy" / name).read_text()
+        text = text.replace("/opt/facefare/venv/bin/facefare", f"{sys.executable} -m facefare.cli")
+        (tmp_path / name).write_text(text)
+        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
+                                timeout=30)  # fmt: skip
+        assert "Unknown key" not in result.stderr and "Unknown section" not in result.stderr, result.stderr
