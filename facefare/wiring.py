@@ -28,8 +28,11 @@ def face_engine(cfg: FacefareConfig) -> FaceEngine:
                       detector=e.detector, landmarks=e.landmarks, embedder=e.embedder)  # fmt: skip
 
 
-def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False) -> Ledger:
-    """The bus's fare ledger: ``[ledger]`` for the file and limits, ``[fares]`` for the rules."""
+def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False, guard_clock: bool = False) -> Ledger:
+    """The bus's fare ledger: ``[ledger]`` for the file and limits, ``[fares]`` for the rules.
+
+    ``guard_clock``: the charging ledger, whose boarding times come from the wall clock (see
+    :meth:`edge.fares.ledger.Ledger._trusted_time`)."""
     lc = cfg.ledger
     return Ledger(
         lc.resolve_path(cfg.data_dir),
@@ -39,6 +42,7 @@ def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False) -> Ledger:
         busy_timeout_ms=lc.busy_timeout_ms,
         min_free_bytes=lc.min_free_bytes,
         readonly=readonly,
+        guard_clock=guard_clock,
     )
 
 

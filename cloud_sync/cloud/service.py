@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 SUBSCRIPTIONS = tuple(f"{PREFIX}/bus/+/{leaf}" for leaf in ("fares", "status", "decisions", "gallery_ack"))
 
 Handler = Callable[[Envelope], None]
+#: A fare boarded more than this after its message was sent (or after now) has an implausible time.
+IMPLAUSIBLE_AHEAD_MS = 10 * 60 * 1000
 #: While fares keep arriving, settlement waits for a quiet moment, but never longer than this.
 SETTLE_MAX_DELAY_S = 30
 
@@ -436,6 +438,7 @@ class CloudService:
         results = self._apply(ledger, fares, rejections, stop)
         if results is None:
             return  # stopping with the database unreachable: the broker keeps the messages
+        self._flag_times(ledger, fares)
         for res in results:
             with self._stats_lock:
                 self.applied_fares += res.new
@@ -514,6 +517,25 @@ class CloudService:
                 res.rejected += one.rejected
             results.append(res)
         return results
+
+    def _flag_times(self, ledger: CloudLedger, messages: list[FaresMessage]) -> None:
+        """Flag (not refuse: the money happened) fares whose times cannot be right: boarded after
+        the message carrying them was sent, or in the cloud's future. Counted as ``implausible_time``."""
+        now = protocol.now_ms()
+        flags = [
+            Rejection(m.sender, "implausible_time", f"fare {f.fare_id} boarded_ms {f.boarded_ms}: "
+                      f"{(f.boarded_ms - min(m.sent_ms, now)) // 1000} s after its message was sent or now")
+            for m in messages for f in m.fares
+            if f.boarded_ms > min(m.sent_ms, now) + IMPLAUSIBLE_AHEAD_MS
+        ]  # fmt: skip
+        if flags:
+            log.error("bus %s: %d fare(s) with implausible times (a bus clock stepped?)", flags[0].bus_id, len(flags))
+            with self._stats_lock:
+                self.counts["implausible_time"] += len(flags)
+            try:
+                ledger.record_rejections(flags)
+            except Exception:
+                log.exception("cannot record implausible fare times")
 
     def _send_ack(self, res: IngestResult) -> None:
         rejected = [Rejected(fare_id=f, reason=r) for f, r in res.rejected]

@@ -63,6 +63,8 @@ class BusView:
     clock_skew_ms: int | None = None  # the bus's clock minus this one's (its own measure, else ours)
     sync_ok: bool = True
     sync_detail: str = ""
+    clock_ok: bool = True  # the bus found no step of its own wall clock
+    clock_detail: str = ""
 
     def offline_since(self, now_ms: int, offline_after_ms: int) -> int | None:
         """When the bus went offline (its will, or its last sign of life plus the timeout); None if online."""
@@ -176,6 +178,8 @@ class FleetState:
         bus.route_id = hb.route_id or bus.route_id
         if hb.sync is not None:
             bus.sync_ok, bus.sync_detail = hb.sync.ok, hb.sync.detail
+        if hb.clock is not None:
+            bus.clock_ok, bus.clock_detail = hb.clock.ok, hb.clock.detail
 
     def _fares(self, body: Fares, now_ms: int) -> None:
         bucket_ms = self.config.chart_bucket_s * 1000
@@ -262,6 +266,9 @@ class FleetState:
                 if not b.sync_ok:
                     out.append(Alert(f"sync:{b.bus_id}", "sync", "critical", b.bus_id,
                                      f"{b.bus_id} sync failing: {b.sync_detail or 'no detail'}", 1))  # fmt: skip
+                if not b.clock_ok:
+                    out.append(Alert(f"clockstep:{b.bus_id}", "clock", "critical", b.bus_id,
+                                     f"{b.bus_id} clock fault: {b.clock_detail or 'no detail'}", 1))  # fmt: skip
                 if b.clock_skew_ms is not None and abs(b.clock_skew_ms) > CLOCK_SKEW_ALERT_MS:
                     out.append(Alert(f"clock:{b.bus_id}", "clock", "warning", b.bus_id,
                                      f"{b.bus_id} clock is {b.clock_skew_ms / 1000:+.0f} s off", 1))  # fmt: skip

@@ -41,7 +41,8 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,8 @@ HISTORY_SPAN = timedelta(days=8)
 MIN_SQLITE = (3, 37, 0)  # STRICT tables
 #: Charges are refused when less than this is free on the ledger's disk (see Ledger._check_free_space).
 DEFAULT_MIN_FREE_BYTES = 8 * 1024 * 1024
+#: A wall clock further than this from the monotonic record is a step (see Ledger._trusted_time).
+CLOCK_STEP_TOLERANCE = timedelta(minutes=2)
 #: The WAL is truncated back to this size after a checkpoint.
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
@@ -289,6 +292,8 @@ class Ledger:
         busy_timeout_ms: int = 5000,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         readonly: bool = False,
+        guard_clock: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise LedgerError(f"SQLite {sqlite3.sqlite_version} is too old; the ledger needs 3.37 or newer")
@@ -297,6 +302,13 @@ class Ledger:
         self.bus_id = bus_id
         self.readonly = readonly
         self.min_free_bytes = min_free_bytes
+        #: With ``guard_clock`` (the bus's charging ledger, times from the wall clock), boarding
+        #: times are checked against a monotonic record: see :meth:`_trusted_time`.
+        self.guard_clock = guard_clock
+        self._monotonic = monotonic
+        self._clock_ref: tuple[datetime, float] | None = None
+        #: The last clock step found (None: none since start), for the heartbeat and the driver.
+        self.clock_fault: str | None = None
         self._digest = rules_digest(self.rules)
         memory = self.path == ":memory:"
         if readonly:
@@ -405,6 +417,8 @@ class Ledger:
         ``replayed=True`` and charges nothing. If the ledger cannot store the charge (disk
         full, I/O error), the rider is refused with a clear message and an ERROR is logged.
         """
+        if self.guard_clock:
+            at = self._trusted_time(at)
         fid = fare_id or fare_id_for(self.bus_id, trip_id, rider_id, at)
         try:
             decision = self._charge(fid, trip_id, Boarding(rider_id, route_id, at, concession))
@@ -418,6 +432,35 @@ class Ledger:
                 decision.outcome.value, decision.amount_minor, decision.reason.value,
                 " replayed" if decision.replayed else "")
         return decision
+
+    def _trusted_time(self, at: datetime) -> datetime:
+        """The boarding time to charge with, never from a clock that stepped.
+
+        Buses without a real-time clock can boot with a wrong time, and a clock can be set wrong.
+        Within this process the wall clock must advance with the monotonic clock: a step of more
+        than :data:`CLOCK_STEP_TOLERANCE` either way is a fault (logged as an ERROR, shown in the
+        heartbeat's ``clock``) and the time goes on from the monotonic clock instead. At the first
+        charge after a start, a time before the newest boarding in the ledger is a step back and
+        goes on from that boarding. So a step never makes dedupe, transfer or cap rules see one
+        boarding as two (the same rider seconds later is still a duplicate; the day is the same day).
+        """
+        mono = self._monotonic()
+        trusted = at
+        if self._clock_ref is not None:
+            expected = self._clock_ref[0] + timedelta(seconds=mono - self._clock_ref[1])
+            if abs(at - expected) > CLOCK_STEP_TOLERANCE:
+                trusted = expected
+        else:
+            newest = self.db.execute("SELECT MAX(boarded_ms) FROM fares").fetchone()[0]
+            if newest is not None and at < from_epoch_ms(newest) - CLOCK_STEP_TOLERANCE:
+                trusted = from_epoch_ms(newest).astimezone(at.tzinfo)
+        if trusted != at:
+            step = at - trusted
+            self.clock_fault = (f"wall clock stepped {step.total_seconds():+.0f} s at {trusted.isoformat()}; "
+                                "charging on the monotonic clock until restart")[:200]  # fmt: skip
+            log.error("ledger %s: %s", self.path, self.clock_fault)
+        self._clock_ref = (trusted, mono)
+        return trusted
 
     def _charge(self, fid: str, trip_id: str, boarding: Boarding) -> FareDecision:
         stored = self._fare_row(fid)  # a replay is a read: it is answered even on a full disk

@@ -176,3 +176,16 @@ def test_fares_refused_by_the_cloud_are_not_recorded_as_acknowledged() -> None:
     assert [(r["fare_id"], r["source"], r["reason"]) for r in led.rejections()] == [
         (refused, "cloud", "conflict"), (bad, "bus", "protocol refuses route_id")]  # fmt: skip
     assert led.balance("r2").charged_minor == 250  # the charge itself is kept
+
+
+def test_the_cloud_flags_fares_whose_times_cannot_be_right_and_keeps_them(tmp_path: Path) -> None:
+    """Defect 5: the cloud kept a stepped bus's fares trusting its times; now they are flagged."""
+    led = open_ledger(f"sqlite:///{tmp_path / 'cloud.db'}")
+    service = CloudService(led, protocol.generate_key(), MqttConfig())
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    late = Fare.model_validate(fare_dict(boarded_ms=epoch_ms(ahead), service_day=ahead.date().isoformat()))
+    fine = Fare.model_validate(fare_dict())
+    service._process([_item([late, fine], "bus-1")], led, threading.Event())
+    assert {late.fare_id, fine.fare_id} <= set(led.fares_of_bus("bus-1"))
+    assert led.rejection_counts().get("implausible_time") == 1 and service.counts["implausible_time"] == 1
+    led.close()
