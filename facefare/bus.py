@@ -61,7 +61,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
     engine = wiring.face_engine(cfg)
     engine.verify_all()
     gallery = wiring.bus_gallery(cfg, engine.embedder_sha256)
-    ledger = wiring.bus_ledger(cfg, guard_clock=True)  # the ledger thread's connection (wall clock checked)
+    ledger = wiring.bus_ledger(cfg, charging=True)  # the ledger thread's (clock and integrity checked)
     sync_ledger = wiring.bus_ledger(cfg)  # the sync thread's own connection (WAL: they never block charges)
     source = source if source is not None else open_source(cfg.camera)
     door = open_door(cfg.feedback)
@@ -79,6 +79,8 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
             **disk_status(data_dir, cfg.ledger.min_free_bytes),
             **sync_health.status(),  # issue 19: sync thread restarts
             "clock": {"ok": ledger.clock_fault is None, "detail": ledger.clock_fault or ""},  # issue 19: clock steps
+            **({"disk": {"ok": False, "detail": f"ledger corrupt, no charges: {ledger.corrupt}"[:200]}}
+               if ledger.corrupt else {}),  # issue 19: a ledger that failed its integrity check
         }
 
     sync = wiring.bus_sync(cfg, sync_ledger, status_fields=status, configure=gallery.attach)

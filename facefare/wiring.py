@@ -28,11 +28,12 @@ def face_engine(cfg: FacefareConfig) -> FaceEngine:
                       detector=e.detector, landmarks=e.landmarks, embedder=e.embedder)  # fmt: skip
 
 
-def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False, guard_clock: bool = False) -> Ledger:
+def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False, charging: bool = False) -> Ledger:
     """The bus's fare ledger: ``[ledger]`` for the file and limits, ``[fares]`` for the rules.
 
-    ``guard_clock``: the charging ledger, whose boarding times come from the wall clock (see
-    :meth:`edge.fares.ledger.Ledger._trusted_time`)."""
+    ``charging``: the door's ledger: its boarding times come from the wall clock and are checked
+    against a monotonic record (:meth:`edge.fares.ledger.Ledger._trusted_time`), and the file
+    passes ``PRAGMA quick_check`` at start or charges no one."""
     lc = cfg.ledger
     return Ledger(
         lc.resolve_path(cfg.data_dir),
@@ -42,7 +43,8 @@ def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False, guard_clock: bool
         busy_timeout_ms=lc.busy_timeout_ms,
         min_free_bytes=lc.min_free_bytes,
         readonly=readonly,
-        guard_clock=guard_clock,
+        guard_clock=charging,
+        check_integrity=charging,
     )
 
 

@@ -28,6 +28,7 @@ bus charges anyone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -45,7 +46,7 @@ from cloud_sync.protocol import CLOUD, Envelope, GalleryAck, GalleryDelta, Proto
 from cloud_sync.sealing import seal, unseal
 from edge.faces.fast_match import QuantizedGallery
 from edge.faces.match import Gallery, Match
-from edge.files import private_file
+from edge.files import InsecureFileError, private_file
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,40 @@ class BusGallery:
         self._syncing_since: float | None = None
         self._head = 0
         self.wiped = False  # the store was emptied for a new model: ask the cloud for everything
-        private_file(self.path, "bus gallery")  # encrypted templates and rider ids: owner only (0600)
+        self.corrupt_detail: str | None = None  # why a damaged gallery was discarded at start
         self.resync_backoff_s = resync_backoff_s
         #: (base, version) of every delta applied since this object was made, in order (tests, audits).
         self.applied: list[tuple[int, int]] = []
         self._resync_timer: threading.Timer | None = None
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        self._busy_timeout_s = busy_timeout_s
+        try:
+            self._open()
+            self._riders: dict[str, tuple[str, np.ndarray]] = self._load()
+        except InsecureFileError:
+            raise
+        except Exception as exc:
+            # A damaged gallery is no reason to stop the bus: the cloud holds every template. It is
+            # discarded (not kept aside: it may hold erased riders' templates) and resent whole.
+            log.error("gallery %s is damaged (%s: %s); discarding it and asking the cloud for a full resend",
+                      self.path, type(exc).__name__, exc)  # fmt: skip
+            self.corrupt_detail = f"{type(exc).__name__}: {exc}"[:200]
+            with contextlib.suppress(Exception):
+                self.db.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self._open()
+            self._riders = self._load()
+            self.wiped = True  # connected() asks for everything since version 0
+        self._gallery: Gallery | QuantizedGallery = self._build()
+        self._stale = False
+        self._generation = 0
+        self._templates = sum(len(e) for _, e in self._riders.values())
+        self._timer: threading.Timer | None = None
+
+    def _open(self) -> None:
+        private_file(self.path, "bus gallery")  # encrypted templates and rider ids: owner only (0600)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                  timeout=self._busy_timeout_s)  # fmt: skip
         # WAL: one fsync per applied delta; after an erasure the WAL is checkpointed and truncated so
         # the erased templates' pages survive nowhere (secure_delete zeroes them in the database).
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON", "foreign_keys=ON"):
@@ -122,12 +151,6 @@ class BusGallery:
         self.db.executescript(SCHEMA)
         self._check_model()
         self._version = int(self._meta("version", "0"))
-        self._riders: dict[str, tuple[str, np.ndarray]] = self._load()
-        self._gallery: Gallery | QuantizedGallery = self._build()
-        self._stale = False
-        self._generation = 0
-        self._templates = sum(len(e) for _, e in self._riders.values())
-        self._timer: threading.Timer | None = None
 
     def _meta(self, key: str, default: str = "") -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

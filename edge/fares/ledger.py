@@ -294,6 +294,7 @@ class Ledger:
         readonly: bool = False,
         guard_clock: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
+        check_integrity: bool = False,
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise LedgerError(f"SQLite {sqlite3.sqlite_version} is too old; the ledger needs 3.37 or newer")
@@ -310,12 +311,22 @@ class Ledger:
         #: The last clock step found (None: none since start), for the heartbeat and the driver.
         self.clock_fault: str | None = None
         self._digest = rules_digest(self.rules)
+        #: Why this ledger may not charge (a failed integrity check at start), or None.
+        self.corrupt: str | None = None
+        try:
+            self._open(readonly, max_bytes, busy_timeout_ms, check_integrity)
+        except sqlite3.Error as exc:
+            hint = ("the disk may be full: free space on it (read-only 'facefare ledger show' still works)"
+                    if "I/O" in str(exc) or "full" in str(exc) else
+                    "the file may be damaged: keep it for recovery and see docs/security.md")  # fmt: skip
+            raise LedgerError(f"ledger {self.path} cannot be opened: {exc}; {hint}") from exc
+
+    def _open(self, readonly: bool, max_bytes: int | None, busy_timeout_ms: int, check_integrity: bool) -> None:
         memory = self.path == ":memory:"
         if readonly:
             if memory or not Path(self.path).exists():
                 raise LedgerError(f"no ledger at {self.path}")
-            conn = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)  # fmt: skip
+            conn = self._connect_readonly()
         else:
             if not memory:
                 private_file(self.path, "bus ledger")  # rider ids and fares: owner only (0600)
@@ -324,6 +335,17 @@ class Ledger:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db = Database(conn)
         self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if check_integrity and not memory and not readonly:
+            try:
+                found = "; ".join(r[0] for r in self.db.execute("PRAGMA quick_check").fetchall())
+            except sqlite3.DatabaseError as exc:
+                found = str(exc)
+            if found != "ok":
+                # Keep every byte for recovery; charge no one (riders are sent to the driver).
+                self.corrupt = found[:200]
+                log.critical("ledger %s failed its integrity check (%s): no charges until it is recovered; the "
+                             "file is kept as it is (see docs/security.md)", self.path, self.corrupt)  # fmt: skip
+                return
         if not readonly:
             if not memory:
                 self.db.enable_wal()
@@ -340,6 +362,23 @@ class Ledger:
                 f"ledger {self.path} has schema v{version}, this software reads v{SCHEMA_VERSION}"
                 + ("; open it read-write once to migrate" if readonly and version < SCHEMA_VERSION else "")
             )
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection; on a full disk, where SQLite cannot create the WAL index it needs,
+        the file is read as immutable instead (what was checkpointed into it; a WAL is then ignored)."""
+        uri = Path(self.path).resolve().as_uri()
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            wal = Path(self.path + "-wal")
+            unseen = " (its WAL holds changes not shown)" if wal.exists() and wal.stat().st_size else ""
+            log.warning("ledger %s: read-only open failed (%s); reading the file as immutable%s", self.path, exc,
+                        unseen)  # fmt: skip
+            return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
 
     def close(self) -> None:
         self.db.close()
@@ -420,6 +459,10 @@ class Ledger:
         if self.guard_clock:
             at = self._trusted_time(at)
         fid = fare_id or fare_id_for(self.bus_id, trip_id, rider_id, at)
+        if self.corrupt is not None:
+            log.error("ledger %s is corrupt (%s): refused rider %s", self.path, self.corrupt, rider_id)
+            reason, cur = Reason.UNAVAILABLE, self.rules.currency
+            return FareDecision(fid, Outcome.REFUSED, 0, cur, reason, fares.rider_message(reason, 0, cur))
         try:
             decision = self._charge(fid, trip_id, Boarding(rider_id, route_id, at, concession))
         except (sqlite3.Error, LedgerUnavailable) as exc:
