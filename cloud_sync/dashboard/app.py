@@ -49,7 +49,9 @@ SECURITY_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser posts the login form with "Origin: null",
+    # which cross_site() cannot tell from a cross-site post; other sites still get no referrer.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
@@ -62,8 +64,8 @@ def cross_site(request: Request) -> bool:
     every cross-origin POST, so a form on another site cannot post here (OWASP: verify the origin
     with standard headers)."""
     site = request.headers.get("sec-fetch-site")
-    if site in ("cross-site", "same-site"):
-        return True
+    if site is not None:  # the browser says where the request comes from: trust only that
+        return site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return False
