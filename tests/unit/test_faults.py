@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -81,15 +82,26 @@ def test_gallery_versions_are_bounded_to_int64() -> None:
     assert GalleryAck(version=2**63 - 1).version == 2**63 - 1
 
 
+@pytest.fixture(params=["sqlite", "postgres"], scope="module")
+def any_ledger(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    if request.param == "sqlite":
+        led = open_ledger(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'cloud.db'}")
+    else:
+        led = open_ledger(request.getfixturevalue("postgres_server").create_database("test_fare_property"))
+    yield led
+    led.close()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     day=st.one_of(st.dates().map(date.isoformat), st.from_regex(r"\d{4}-\d{2}-\d{2}", fullmatch=True)),
     offset_ms=st.one_of(st.integers(-3 * 86_400_000, 4 * 86_400_000), st.integers(-(2**64), 2**64)),
-    text=st.text(max_size=5),
+    text=st.text(max_size=5) | st.sampled_from(["\x00", "a\x00b", "\ud800", "\U0010ffff", "é" * 200]),
     amount=st.integers(0, 10**9),
 )
-def test_every_fare_the_protocol_accepts_the_cloud_ledger_stores(day: str, offset_ms: int, text: str,
+def test_every_fare_the_protocol_accepts_the_cloud_ledger_stores(any_ledger, day: str, offset_ms: int, text: str,
                                                                   amount: int) -> None:  # fmt: skip
+    """Property (SQLite and PostgreSQL): whatever passes the fare schema, the cloud ledger stores."""
     try:
         start = epoch_ms(datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC))
     except (ValueError, OverflowError):
@@ -99,9 +111,8 @@ def test_every_fare_the_protocol_accepts_the_cloud_ledger_stores(day: str, offse
         fare = Fare.model_validate(data)
     except ValidationError:
         return
-    with open_ledger("sqlite:///:memory:") as led:
-        (res,) = led.ingest([FaresMessage("bus-1", uuid.uuid4().hex, 0, [fare])])
-        assert res.acked == [fare.fare_id]
+    (res,) = any_ledger.ingest([FaresMessage("bus-1", uuid.uuid4().hex, 0, [fare])])
+    assert res.acked == [fare.fare_id]
 
 
 # -- the cloud service: one unstorable fare does not wedge the batch ----------------------------
@@ -188,4 +199,64 @@ def test_the_cloud_flags_fares_whose_times_cannot_be_right_and_keeps_them(tmp_pa
     service._process([_item([late, fine], "bus-1")], led, threading.Event())
     assert {late.fare_id, fine.fare_id} <= set(led.fares_of_bus("bus-1"))
     assert led.rejection_counts().get("implausible_time") == 1 and service.counts["implausible_time"] == 1
+    led.close()
+
+
+
+def test_ledger_show_lists_fares_refused_by_the_cloud_and_quarantined(tmp_path: Path) -> None:
+    """Also: 'facefare ledger show' could not tell fares the cloud refused for good from acknowledged ones."""
+    from click.testing import CliRunner
+
+    from facefare.cli import main
+
+    path = tmp_path / "ledger.db"
+    with Ledger(path, FaresConfig(routes={"12": 250}), bus_id="bus-1") as led:
+        ok = led.charge("r1", "12", AT, trip_id="t").fare_id
+        refused = led.charge("r2", "12", AT, trip_id="t").fare_id
+        led.ack([ok], {refused: "conflict"})
+    out = CliRunner().invoke(main, ["ledger", "show", "--db", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "acknowledged 1" in out.output and "refused by the cloud 1" in out.output
+    assert refused in out.output and "conflict" in out.output and ok not in out.output
+
+
+def test_the_dashboard_shows_a_bus_clock_skew_and_a_failing_sync() -> None:
+    """Defects 2 and 6: the skew and the sync's health reach the fleet page and its alerts."""
+    from cloud_sync.dashboard.state import FleetState
+    from cloud_sync.protocol import Heartbeat
+
+    state = FleetState()
+    now = protocol.now_ms()
+    hb = Heartbeat(outbox_backlog=3, clock_skew_ms=7_200_000, sync={"ok": False, "detail": "OperationalError: locked"})
+    state.apply(Envelope.make("heartbeat", "bus-1", hb, sent_ms=now + 7_200_000), now)
+    bus = state.snapshot(now)["buses"][0]
+    assert bus["clock_skew_ms"] == 7_200_000 and bus["sync"] == {"ok": False, "detail": "OperationalError: locked"}
+    kinds = {a.kind for a in state.alerts(now)}
+    assert {"clock", "sync"} <= kinds
+    # An older bus without the fields: the dashboard measures the skew itself from a live heartbeat.
+    state.apply(Envelope.make("heartbeat", "bus-2", Heartbeat(outbox_backlog=0), sent_ms=now - 90_000), now)
+    assert state.snapshot(now)["buses"][1]["clock_skew_ms"] == -90_000
+
+
+def test_the_supervisor_restarts_a_sync_that_cannot_even_start(tmp_path: Path) -> None:
+    """Defect 2: nothing restarted the sync thread once it ended. A start that fails (here: the
+    broker's CA file is missing) is retried with a doubling pause, and counted in the heartbeat."""
+    from cloud_sync.bus_sync import BusSync
+    from facefare.bus import SyncSupervisor
+
+    led = Ledger(tmp_path / "ledger.db", FaresConfig(routes={"12": 250}), bus_id="bus-1")
+    sync = BusSync("bus-1", led, protocol.generate_key(), protocol.generate_key().public_key(),
+                   MqttConfig(tls=True, ca_file=tmp_path / "missing-ca.pem"))  # fmt: skip
+    supervisor = SyncSupervisor("bus-1", backoff_s=0.05, max_backoff_s=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(sync, stop), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while supervisor.restarts < 3 and time.monotonic() < deadline:
+        stop.wait(0.05)
+    assert supervisor.restarts >= 3 and thread.is_alive()
+    assert supervisor.status() == {"sync_restarts": supervisor.restarts}
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
     led.close()
