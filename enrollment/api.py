@@ -79,11 +79,19 @@ def add_operator(store: TemplateStore, name: str, password: str, role: str = "op
         store.audit(db, "admin", "add_operator", None, operator=name, role=role)
 
 
-def _operator_row(store: TemplateStore, name: str) -> tuple[bytes, Any, str] | None:
+def _ensure_operators(store: TemplateStore) -> None:
+    """Create or upgrade the operators table (once per process and store, not per request)."""
     with store.transaction() as db:
         _operators_table(db)
+
+
+def _operator_row(store: TemplateStore, name: str) -> tuple[bytes, Any, str] | None:
     with store.lock:
-        row = store.db.execute("SELECT salt, hash, role FROM operators WHERE name = ?", (name,)).fetchone()
+        try:
+            row = store.db.execute("SELECT salt, hash, role FROM operators WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:  # no operators table (or no role column) yet
+            _ensure_operators(store)
+            row = store.db.execute("SELECT salt, hash, role FROM operators WHERE name = ?", (name,)).fetchone()
     return None if row is None else (row[0], row[1], row[2])
 
 
@@ -177,6 +185,7 @@ class _Gate:
 
     def __init__(self, store: TemplateStore, login_limit: str) -> None:
         self.store = store
+        _ensure_operators(store)
         self.limiter = authn.LoginLimiter(login_limit, login_limit)
         self._key = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
