@@ -7,6 +7,7 @@ the config gets a function here, never a ``from_config`` in its own package.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cloud_sync import protocol
@@ -43,7 +44,7 @@ def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False, charging: bool = 
         busy_timeout_ms=lc.busy_timeout_ms,
         min_free_bytes=lc.min_free_bytes,
         readonly=readonly,
-        guard_clock=charging,
+        monotonic_ns=time.monotonic_ns if charging else None,
         check_integrity=charging,
     )
 

@@ -41,7 +41,6 @@ import logging
 import os
 import socket
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -292,8 +291,7 @@ class Ledger:
         busy_timeout_ms: int = 5000,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         readonly: bool = False,
-        guard_clock: bool = False,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic_ns: Callable[[], int] | None = None,
         check_integrity: bool = False,
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -303,11 +301,11 @@ class Ledger:
         self.bus_id = bus_id
         self.readonly = readonly
         self.min_free_bytes = min_free_bytes
-        #: With ``guard_clock`` (the bus's charging ledger, times from the wall clock), boarding
-        #: times are checked against a monotonic record: see :meth:`_trusted_time`.
-        self.guard_clock = guard_clock
-        self._monotonic = monotonic
-        self._clock_ref: tuple[datetime, float] | None = None
+        #: With ``monotonic_ns`` (the bus's charging ledger, times from the wall clock; e.g.
+        #: ``time.monotonic_ns``, integers: no float in the money path), boarding times are
+        #: checked against a monotonic record: see :meth:`_trusted_time`.
+        self._monotonic_ns = monotonic_ns
+        self._clock_ref: tuple[datetime, int] | None = None
         #: The last clock step found (None: none since start), for the heartbeat and the driver.
         self.clock_fault: str | None = None
         self._digest = rules_digest(self.rules)
@@ -456,8 +454,8 @@ class Ledger:
         ``replayed=True`` and charges nothing. If the ledger cannot store the charge (disk
         full, I/O error), the rider is refused with a clear message and an ERROR is logged.
         """
-        if self.guard_clock:
-            at = self._trusted_time(at)
+        if self._monotonic_ns is not None:
+            at = self._trusted_time(at, self._monotonic_ns())
         fid = fare_id or fare_id_for(self.bus_id, trip_id, rider_id, at)
         if self.corrupt is not None:
             log.error("ledger %s is corrupt (%s): refused rider %s", self.path, self.corrupt, rider_id)
@@ -476,7 +474,7 @@ class Ledger:
                 " replayed" if decision.replayed else "")
         return decision
 
-    def _trusted_time(self, at: datetime) -> datetime:
+    def _trusted_time(self, at: datetime, mono_ns: int) -> datetime:
         """The boarding time to charge with, never from a clock that stepped.
 
         Buses without a real-time clock can boot with a wrong time, and a clock can be set wrong.
@@ -487,10 +485,9 @@ class Ledger:
         goes on from that boarding. So a step never makes dedupe, transfer or cap rules see one
         boarding as two (the same rider seconds later is still a duplicate; the day is the same day).
         """
-        mono = self._monotonic()
         trusted = at
         if self._clock_ref is not None:
-            expected = self._clock_ref[0] + timedelta(seconds=mono - self._clock_ref[1])
+            expected = self._clock_ref[0] + timedelta(microseconds=(mono_ns - self._clock_ref[1]) // 1000)
             if abs(at - expected) > CLOCK_STEP_TOLERANCE:
                 trusted = expected
         else:
@@ -498,11 +495,11 @@ class Ledger:
             if newest is not None and at < from_epoch_ms(newest) - CLOCK_STEP_TOLERANCE:
                 trusted = from_epoch_ms(newest).astimezone(at.tzinfo)
         if trusted != at:
-            step = at - trusted
-            self.clock_fault = (f"wall clock stepped {step.total_seconds():+.0f} s at {trusted.isoformat()}; "
+            step_s = (at - trusted) // timedelta(seconds=1)
+            self.clock_fault = (f"wall clock stepped {step_s:+d} s at {trusted.isoformat()}; "
                                 "charging on the monotonic clock until restart")[:200]  # fmt: skip
             log.error("ledger %s: %s", self.path, self.clock_fault)
-        self._clock_ref = (trusted, mono)
+        self._clock_ref = (trusted, mono_ns)
         return trusted
 
     def _charge(self, fid: str, trip_id: str, boarding: Boarding) -> FareDecision:
