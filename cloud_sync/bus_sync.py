@@ -107,6 +107,8 @@ class SyncStats:
     acked_fares: int = 0
     refused_messages: int = 0
     connects: int = 0
+    quarantined_fares: int = 0
+    failed_rounds: int = 0
     rejected_by_cloud: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -128,6 +130,7 @@ class BusSync:
         status_fields: Callable[[], dict[str, Any]] | None = None,
         client_id: str | None = None,
         configure: Callable[[Any], None] | None = None,
+        clock_ms: Callable[[], int] = protocol.now_ms,
     ) -> None:
         if not 1 <= batch_size <= MAX_FARES_PER_MESSAGE:
             raise ValueError(f"batch_size must be 1..{MAX_FARES_PER_MESSAGE}")
@@ -143,6 +146,7 @@ class BusSync:
         self.status_fields = status_fields
         self.client_id = client_id or mqtt.client_id or bus_id
         self.configure = configure
+        self.clock_ms = clock_ms  # this bus's wall clock, epoch ms (a test can set it wrong)
         self.stats = SyncStats()
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscription to the cloud's topics
@@ -156,6 +160,15 @@ class BusSync:
         # Door decisions for the fleet dashboard: not money (the ledger holds that), so a bounded,
         # best-effort queue; when the bus is offline for long, the oldest are dropped.
         self._decisions: deque[DecisionEvent] = deque(maxlen=DECISION_QUEUE)
+        #: This bus's clock minus the cloud's, in ms: the smallest (now - sent_ms) of the cloud's
+        #: messages since connecting (a message queued at the broker only makes it larger).
+        self.clock_skew_ms: int | None = None
+        self._skew_fresh = False
+        self._skew_logged = False
+        #: None while rounds succeed; else the last round's error (in the heartbeat, logged).
+        self.last_error: str | None = None
+        #: time.monotonic() of the last round, finished or failed: a supervisor's liveness check.
+        self.last_round_at = time.monotonic()
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -173,7 +186,7 @@ class BusSync:
         self._decisions.append(event)
 
     def _sign(self, msg_type: str, body: protocol.Strict) -> bytes:
-        return protocol.encode(Envelope.make(msg_type, self.bus_id, body), self.key)
+        return protocol.encode(Envelope.make(msg_type, self.bus_id, body, sent_ms=self.clock_ms()), self.key)
 
     # -- MQTT callbacks (network thread) ----------------------------------------------------
 
@@ -183,6 +196,7 @@ class BusSync:
             return
         client.subscribe(f"{PREFIX}/cloud/{self.bus_id}/#", options=SubscribeOptions(qos=1))
         self.stats.connects += 1
+        self._skew_fresh = False  # a new connection: measure the skew again
         self._reconnected.set()
         self.connected.set()
         log.info("bus %s connected to the broker (session present: %s)", self.bus_id, flags.session_present)
@@ -219,16 +233,51 @@ class BusSync:
         client.loop_start()
         self._client = client
 
-    def run(self, stop: threading.Event, poll_s: float = 0.1) -> None:
-        """Sync until ``stop`` is set, then publish an offline status and disconnect."""
+    def run(self, stop: threading.Event, poll_s: float = 0.1, max_backoff_s: float = 30.0) -> None:
+        """Sync until ``stop`` is set, then publish an offline status and disconnect.
+
+        A round that fails (the ledger locked past its busy timeout, a full disk, a corrupt page,
+        anything) is logged, reported in the heartbeat (``sync``) and retried after a doubling
+        pause up to ``max_backoff_s``: nothing it did is lost (unacknowledged fares stay in the
+        outbox and are sent again), so the thread never dies of it.
+        """
         if self._client is None:
             self.start()
+        delay = poll_s
         try:
             while not stop.is_set():
-                self.step()
-                stop.wait(poll_s)
+                try:
+                    self.step()
+                except Exception as exc:
+                    self.stats.failed_rounds += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                    log.exception("bus %s: sync round failed; retrying in %.1f s", self.bus_id, delay)
+                    self._try_heartbeat()
+                    delay = min(max(delay, poll_s) * 2, max_backoff_s)
+                else:
+                    if self.last_error is not None:
+                        log.info("bus %s: sync recovered", self.bus_id)
+                    self.last_error = None
+                    delay = poll_s
+                self.last_round_at = time.monotonic()
+                stop.wait(delay)
         finally:
             self.close()
+
+    def _try_heartbeat(self) -> None:
+        """Tell the fleet the sync is failing, if the broker is reachable (best effort)."""
+        if not self.connected.is_set() or self._client is None:
+            return
+        try:
+            self._heartbeat()
+        except Exception as exc:  # the ledger itself may be what fails: say so without its backlog
+            log.warning("bus %s: heartbeat failed too (%s)", self.bus_id, exc)
+            try:
+                body = Heartbeat(outbox_backlog=0, sync={"ok": False, "detail": (self.last_error or "")[:200]})
+                self._client.publish(topic_for("heartbeat", self.bus_id), self._sign("heartbeat", body), qos=1,
+                                     retain=True)  # fmt: skip
+            except Exception:
+                log.exception("bus %s: cannot publish a heartbeat", self.bus_id)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -278,16 +327,21 @@ class BusSync:
             return
         pending = {fid for b in self._inflight.values() for fid in b.fare_ids}
         rows = self.ledger.outbox(limit=len(pending) + free * self.batch_size)
-        todo = [r for r in rows if r["fare_id"] not in pending]
-        for start in range(0, min(len(todo), free * self.batch_size), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
+        todo = []
+        for r in rows:
+            if r["fare_id"] in pending:
+                continue
             try:
-                fares = [Fare.model_validate(r["payload"]) for r in chunk]
+                todo.append(Fare.model_validate(r["payload"]))
             except ValidationError as exc:
-                log.error("bus %s: an outbox row does not match the protocol's fare schema (%s); not sent",
-                          self.bus_id, exc.errors()[0])  # fmt: skip
-                return
-            env = Envelope.make("fares", self.bus_id, Fares(fares=fares))
+                # Sending it can never succeed and it would hold up every fare after it: set it aside.
+                err = exc.errors()[0]
+                reason = f"protocol refuses {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                if self.ledger.quarantine(r["fare_id"], reason):
+                    self.stats.quarantined_fares += 1
+        for start in range(0, min(len(todo), free * self.batch_size), self.batch_size):
+            fares = todo[start : start + self.batch_size]
+            env = Envelope.make("fares", self.bus_id, Fares(fares=fares), sent_ms=self.clock_ms())
             payload = protocol.encode(env, self.key)
             self._client.publish(topic_for("fares", self.bus_id), payload, qos=1)
             self._inflight[env.msg_id] = _Batch({f.fare_id for f in fares}, time.monotonic(), env.msg_id)
@@ -305,7 +359,13 @@ class BusSync:
 
     def _heartbeat(self) -> None:
         count, oldest = self.backlog()
-        fields: dict[str, Any] = {"outbox_backlog": count, "oldest_unsent_ms": oldest}
+        fields: dict[str, Any] = {
+            "outbox_backlog": count,
+            "oldest_unsent_ms": oldest,
+            "clock_skew_ms": self.clock_skew_ms,
+            "sync": {"ok": self.last_error is None, "detail": self.last_error or ""},
+            "quarantined_fares": self.stats.quarantined_fares,
+        }
         usage = shutil.disk_usage(Path(self.ledger.path).parent) if self.ledger.path != ":memory:" else None
         if usage is not None:
             fields["disk_free_bytes"] = usage.free
@@ -333,8 +393,11 @@ class BusSync:
             except queue.Empty:
                 return
             try:
-                env = protocol.parse(topic, payload, {CLOUD: self.cloud_key}.get)
+                # No freshness check: acks are idempotent by fare id, gallery deltas by version, so
+                # a bus whose clock is far off must still take them; the offset is measured instead.
+                env = protocol.parse(topic, payload, {CLOUD: self.cloud_key}.get, check_time=False)
                 self._guard.check(env)
+                self._measure_skew(env)
             except ProtocolError as exc:
                 self.stats.refused_messages += 1
                 log.warning("bus %s refused a message on %s: %s", self.bus_id, topic[:120], exc)
@@ -347,14 +410,24 @@ class BusSync:
                 except Exception:
                     log.exception("bus %s: %s handler failed", self.bus_id, env.type)
 
+    def _measure_skew(self, env: Envelope) -> None:
+        skew = self.clock_ms() - env.sent_ms  # this clock minus the cloud's, plus the delivery time
+        if not self._skew_fresh or self.clock_skew_ms is None or skew < self.clock_skew_ms:
+            self.clock_skew_ms = skew
+        self._skew_fresh = True
+        if abs(skew) > protocol.DEFAULT_WINDOW_MS and not self._skew_logged:
+            self._skew_logged = True
+            log.warning("bus %s: this clock is %d s off the cloud's (sync carries on; fix the clock)", self.bus_id,
+                        skew // 1000)  # fmt: skip
+
     def _apply_ack(self, ack: Ack) -> None:
-        rejected = [r.fare_id for r in ack.rejected]
+        rejected = {r.fare_id: r.reason for r in ack.rejected}
         for r in ack.rejected:
             log.error("bus %s: the cloud refused fare %s for good (%s); it stays in the bus ledger", self.bus_id,
                       r.fare_id, r.reason)  # fmt: skip
             self.stats.rejected_by_cloud.append((r.fare_id, r.reason))
-        ids = list(ack.fare_ids) + rejected
-        self.stats.acked_fares += self.ledger.ack(ids)
+        ids = [*ack.fare_ids, *rejected]
+        self.stats.acked_fares += self.ledger.ack(ack.fare_ids, rejected)
         done = set(ids)
         for msg_id, batch in list(self._inflight.items()):
             batch.fare_ids -= done

@@ -98,6 +98,12 @@ class MqttConnectError(ConnectionError):
     """The broker could not be reached, refused the TLS handshake, or refused the credentials."""
 
 
+#: paho's own log (a raising callback is logged here); warnings and errors only, even at DEBUG.
+_PAHO_LOG = logging.getLogger("paho")
+if _PAHO_LOG.level == logging.NOTSET:
+    _PAHO_LOG.setLevel(logging.WARNING)
+
+
 class Client(paho.Client):
     """A paho client that remembers the broker address and session settings it was made for.
 
@@ -110,6 +116,10 @@ class Client(paho.Client):
         super().__init__(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self.cfg = cfg
         self.clean_start = clean_start
+        # A callback that raises must never end the network thread (no more acks, deltas or
+        # reconnects, issue 19 defect 3): paho logs it and carries on.
+        self.suppress_exceptions = True
+        self.enable_logger(_PAHO_LOG)
 
     def session_properties(self) -> Properties:
         """CONNECT properties: a session expiry interval (0 with clean_start, so nothing is kept)."""

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,9 +36,20 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from edge.fares.record import FARE_COLUMNS
+from edge.fares.record import FARE_COLUMNS, ID_PATTERN, TEXT_MAX
+from edge.files import check_private
 
 VERSION = 1
 PREFIX = f"facefare/v{VERSION}"
@@ -54,8 +65,19 @@ REJECT_REASONS = (
     "oversize", "malformed", "schema", "version", "topic", "unknown_sender", "signature", "stale", "replay",
 )  # fmt: skip
 
-Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Text = Annotated[str, StringConstraints(max_length=200)]
+#: The largest integer any store of either side can hold (SQLite INTEGER, PostgreSQL BIGINT).
+INT64_MAX = 2**63 - 1
+#: Why the cloud refused a fare for good (``Ack.rejected``): another fare under its id, or one its
+#: ledger could not store (an error retrying cannot fix; the rest of the batch goes on).
+FARE_REJECT_REASONS = ("conflict", "unstorable")
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+# No NUL: PostgreSQL's TEXT cannot hold it (a fare the ledger could not store would be refused late).
+Text = Annotated[str, StringConstraints(max_length=TEXT_MAX, pattern=r"^[^\x00]*$")]
+#: A non-negative integer every store can hold.
+Count = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+#: Epoch milliseconds of a real instant (years 1970..9998, so a date of it always exists).
+EpochMs = Annotated[StrictInt, Field(ge=0, le=253_370_764_800_000)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 FareId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 Minor = Annotated[StrictInt, Field(ge=0, le=10**9)]
@@ -78,7 +100,7 @@ class Fare(Strict):
     rider_id: Id
     concession: Text
     boarded_at: Text
-    boarded_ms: Annotated[StrictInt, Field(ge=0)]
+    boarded_ms: EpochMs
     service_day: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
     amount_minor: Minor
     base_minor: Minor
@@ -89,6 +111,28 @@ class Fare(Strict):
 
     def day(self) -> date:
         return date.fromisoformat(self.service_day)
+
+    @field_validator("service_day")
+    @classmethod
+    def _real_day(cls, value: str) -> str:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a calendar date") from None
+        if not 1970 <= day.year <= 9998:
+            raise ValueError(f"{value!r} is outside 1970..9998")
+        return value
+
+    @model_validator(mode="after")
+    def _boarded_on_its_day(self) -> Fare:
+        # The service day is the local date shifted by the day's start hour: whatever the zone
+        # (UTC-12..+14) and start hour (< 24), the boarding instant lies within a day of it.
+        start = datetime.combine(self.day(), datetime.min.time(), UTC) - timedelta(days=1)
+        end = start + timedelta(days=3)
+        boarded = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=self.boarded_ms)
+        if not start <= boarded < end:
+            raise ValueError(f"boarded_ms {self.boarded_ms} is not on service day {self.service_day}")
+        return self
 
 
 if tuple(Fare.model_fields) != FARE_COLUMNS:  # the wire carries exactly the record of edge.fares.record
@@ -110,14 +154,25 @@ class Heartbeat(Strict):
     """bus -> cloud (retained): the bus is alive; its backlog, gallery and device health."""
 
     online: StrictBool = True
-    outbox_backlog: Annotated[StrictInt, Field(ge=0)]
-    oldest_unsent_ms: Annotated[StrictInt, Field(ge=0)] | None = None
-    gallery_version: Annotated[StrictInt, Field(ge=0)] = 0
-    pending_erasures: Annotated[StrictInt, Field(ge=0)] = 0
+    outbox_backlog: Count
+    oldest_unsent_ms: Count | None = None
+    gallery_version: Count = 0
+    pending_erasures: Count = 0
     camera: Health = Health(ok=True)
     disk: Health = Health(ok=True)
-    disk_free_bytes: Annotated[StrictInt, Field(ge=0)] | None = None
+    disk_free_bytes: Count | None = None
     route_id: Text = ""
+    # Issue 19 (optional, added for clock skew and sync health; readers must accept them missing):
+    #: The bus's clock minus the cloud's, in ms, measured from the newest cloud message (None: not yet).
+    clock_skew_ms: Annotated[StrictInt, Field(ge=-INT64_MAX, le=INT64_MAX)] | None = None
+    #: The bus's clock stepped (backwards, or far forwards) since it started; detail says when and how far.
+    clock: Health | None = None
+    #: The sync thread's health: ok while its rounds succeed; detail holds the last error.
+    sync: Health | None = None
+    #: How many times the supervisor restarted the sync thread since the bus started.
+    sync_restarts: Count | None = None
+    #: Outbox rows the protocol refuses, set aside (quarantined) rather than sent; see ``facefare ledger show``.
+    quarantined_fares: Count | None = None
 
 
 class Offline(Strict):
@@ -129,7 +184,7 @@ class Offline(Strict):
 class DecisionEvent(Strict):
     """bus -> cloud: what the door decided for one rider (never a face image)."""
 
-    at_ms: Annotated[StrictInt, Field(ge=0)]
+    at_ms: Count
     action: Literal["charge", "refuse", "see_driver"]
     reason: Text
     rider_id: Id | None = None
@@ -144,7 +199,7 @@ class DecisionEvent(Strict):
 
 class Rejected(Strict):
     fare_id: FareId
-    reason: Text
+    reason: Text  # one of FARE_REJECT_REASONS (older clouds: "conflict")
 
 
 class Ack(Strict):
@@ -162,8 +217,8 @@ class GalleryDelta(Strict):
     ``ciphertext`` is base64 AES-GCM of the JSON operations; applying it moves the bus from
     ``base_version`` to ``version`` (see ``enrollment``)."""
 
-    base_version: Annotated[StrictInt, Field(ge=0)]
-    version: Annotated[StrictInt, Field(ge=1)]
+    base_version: Count
+    version: Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
     model_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     nonce: Annotated[str, StringConstraints(max_length=32)]
     ciphertext: Annotated[str, StringConstraints(max_length=MAX_PAYLOAD_BYTES)]
@@ -175,7 +230,7 @@ class GalleryAck(Strict):
     ``resync``: the bus asks for the changes since ``version`` again (it refused a delta out of
     order, or it starts from an empty gallery)."""
 
-    version: Annotated[StrictInt, Field(ge=0)]
+    version: Count
     erased: Annotated[list[Id], Field(max_length=10_000)] = []
     resync: StrictBool = False
 
@@ -217,7 +272,7 @@ class Envelope(Strict):
     type: MessageType
     sender: Id
     msg_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-    sent_ms: Annotated[StrictInt, Field(ge=0)]
+    sent_ms: Count
     body: Any
     sig: str = ""
 
@@ -381,6 +436,8 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read an Ed25519 private key (PEM); refuse one that others can read (it signs fares or acks)."""
+    check_private(path, "private key")
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")

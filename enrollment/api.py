@@ -1,8 +1,15 @@
 """The enrollment HTTP API (FastAPI) for kiosks and operators' web pages, behind operator passwords.
 
 Every endpoint but ``/health`` needs HTTP Basic credentials of an operator added with
-``facefare enrollment add-operator`` (passwords are stored as scrypt hashes, never in clear).
-The OpenAPI description is served at ``/openapi.json`` and readable docs at ``/docs``.
+``facefare enrollment add-operator`` (passwords are stored as argon2id hashes, never in clear;
+scrypt hashes of earlier versions still verify). Operators have a role: ``operator`` may enroll
+and erase, ``read-only`` may only look riders and erasures up. The OpenAPI description
+(``/openapi.json``) and readable docs (``/docs``, ``/redoc``) need a login too.
+
+Password checks are limited per client address and per operator name (``[enrollment]
+api_login_limit``, counted before the check with ``limits``); a client that already proved its
+password is not counted again for a few minutes. Requests larger than ``api_max_request_bytes``
+are refused with 413 before their body is read.
 Photos travel base64-encoded in JSON and are dropped after embedding unless the operator opted in
 to keeping them (``[enrollment] keep_photos``).
 
@@ -13,53 +20,103 @@ to keeping them (``[enrollment] keep_photos``).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
-from typing import Annotated, Any
+import sqlite3
+import threading
+import time
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from cloud_sync import authn
 from enrollment.distribution import GalleryDistributor
 from enrollment.enroll import Enroller
 from enrollment.store import RiderRecord, StoreError, TemplateStore, now_iso
 
 log = logging.getLogger(__name__)
 
-SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # hashes of earlier versions (still verified)
 OPERATORS = """
 CREATE TABLE IF NOT EXISTS operators (
     name TEXT PRIMARY KEY, salt BLOB NOT NULL, hash BLOB NOT NULL, created_at TEXT NOT NULL
 );
 """
+OperatorRole = Literal["operator", "read-only"]
+ROLES: tuple[str, ...] = ("operator", "read-only")
+#: How long a proven (name, password) pair is trusted without a new hash check or rate-limit hit.
+VERIFIED_TTL_S = 300.0
+
+
+def _operators_table(db: sqlite3.Connection) -> None:
+    db.execute(OPERATORS)
+    cols = {r[1] for r in db.execute("PRAGMA table_info(operators)")}
+    if "role" not in cols:  # operators of earlier versions had every right: they stay operators
+        db.execute("ALTER TABLE operators ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'")
 
 
 # -- operators ---------------------------------------------------------------------------------
 
 
-def add_operator(store: TemplateStore, name: str, password: str) -> None:
-    """Create or replace an operator's password (scrypt-hashed with a random salt)."""
+def add_operator(store: TemplateStore, name: str, password: str, role: str = "operator") -> None:
+    """Create or replace an operator's password (argon2id) and role (``operator`` or ``read-only``)."""
     if len(password) < 10:
         raise ValueError("an operator password needs at least 10 characters")
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, **SCRYPT)
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: choose one of {', '.join(ROLES)}")
+    digest = authn.hash_password(password)
     with store.transaction() as db:
-        db.execute(OPERATORS)
-        db.execute("INSERT OR REPLACE INTO operators VALUES (?, ?, ?, ?)", (name, salt, digest, now_iso()))
-        store.audit(db, "admin", "add_operator", None, operator=name)
+        _operators_table(db)
+        db.execute("INSERT OR REPLACE INTO operators (name, salt, hash, created_at, role) VALUES (?, ?, ?, ?, ?)",
+                   (name, b"", digest, now_iso(), role))  # fmt: skip
+        store.audit(db, "admin", "add_operator", None, operator=name, role=role)
+
+
+def _ensure_operators(store: TemplateStore) -> None:
+    """Create or upgrade the operators table (once per process and store, not per request)."""
+    with store.transaction() as db:
+        _operators_table(db)
+
+
+def _operator_row(store: TemplateStore, name: str) -> tuple[bytes, Any, str] | None:
+    with store.lock:
+        try:
+            row = store.db.execute("SELECT salt, hash, role FROM operators WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:  # no operators table (or no role column) yet
+            _ensure_operators(store)
+            row = store.db.execute("SELECT salt, hash, role FROM operators WHERE name = ?", (name,)).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _verify(row: tuple[bytes, Any, str] | None, password: str) -> bool:
+    if row is None:
+        authn.verify_password(password, _dummy_hash())  # same time whether or not the name exists
+        return False
+    salt, stored, _role = row
+    if isinstance(stored, str):
+        return authn.verify_password(password, stored)
+    return hmac.compare_digest(hashlib.scrypt(password.encode(), salt=salt, **SCRYPT), stored)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return authn.hash_password(secrets.token_hex(8))
 
 
 def check_operator(store: TemplateStore, name: str, password: str) -> bool:
-    with store.lock:
-        store.db.execute(OPERATORS)
-        row = store.db.execute("SELECT salt, hash FROM operators WHERE name = ?", (name,)).fetchone()
-    if row is None:
-        hashlib.scrypt(password.encode(), salt=b"0" * 16, **SCRYPT)  # same time whether or not the name exists
-        return False
-    return hmac.compare_digest(hashlib.scrypt(password.encode(), salt=row[0], **SCRYPT), row[1])
+    return _verify(_operator_row(store, name), password)
+
+
+def operator_role(store: TemplateStore, name: str) -> str | None:
+    row = _operator_row(store, name)
+    return None if row is None else row[2]
 
 
 # -- bodies ------------------------------------------------------------------------------------
@@ -126,15 +183,93 @@ class ErasureResponse(BaseModel):
 _basic = HTTPBasic(realm="facefare-enrollment")
 
 
+class _Gate:
+    """Who may call: the rate limit (counted before the password check) and a short memory of
+    clients that already proved their password, so a kiosk's every request is not a new guess."""
+
+    def __init__(self, store: TemplateStore, login_limit: str) -> None:
+        self.store = store
+        _ensure_operators(store)
+        self.limiter = authn.LoginLimiter(login_limit, login_limit)
+        self._key = secrets.token_bytes(32)
+        self._verified: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def operator(self, request: Request, creds: HTTPBasicCredentials) -> tuple[str, str]:
+        row = _operator_row(self.store, creds.username)
+        stored = b"" if row is None else (row[1].encode() if isinstance(row[1], str) else bytes(row[1]))
+        # Bound to the stored hash: a changed password or a removed operator is never remembered.
+        mark = hmac.digest(self._key, b"\0".join([creds.username.encode(), creds.password.encode(), stored]), "sha256")
+        now = time.monotonic()
+        with self._lock:
+            known = self._verified.get(mark, 0.0) > now
+        if not known:
+            address = request.client.host if request.client else "?"
+            if not self.limiter.attempt(address, creds.username):
+                log.warning("enrollment API: too many password checks for %r from %s", creds.username[:64], address)
+                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many login attempts; wait a minute",
+                                    headers={"Retry-After": "60"})  # fmt: skip
+            if not _verify(row, creds.password):
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown operator or wrong password",
+                                    headers={"WWW-Authenticate": 'Basic realm="facefare-enrollment"'})  # fmt: skip
+            with self._lock:
+                self._verified = {k: t for k, t in self._verified.items() if t > now}
+                self._verified[mark] = now + VERIFIED_TTL_S
+        assert row is not None
+        return creds.username, row[2]
+
+
 def current_operator(request: Request, creds: Annotated[HTTPBasicCredentials, Depends(_basic)]) -> str:
-    """The authenticated operator's name (401 for an unknown name or a wrong password)."""
-    if not check_operator(request.app.state.store, creds.username, creds.password):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown operator or wrong password",
-                            headers={"WWW-Authenticate": 'Basic realm="facefare-enrollment"'})  # fmt: skip
-    return creds.username
+    """The authenticated operator's name, any role (401 wrong password, 429 too many attempts)."""
+    name, _role = request.app.state.gate.operator(request, creds)
+    return name
+
+
+def writing_operator(request: Request, creds: Annotated[HTTPBasicCredentials, Depends(_basic)]) -> str:
+    """The authenticated operator's name if their role may change riders (403 for read-only)."""
+    name, role = request.app.state.gate.operator(request, creds)
+    if role != "operator":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"operator {name} is read-only")
+    return name
 
 
 Operator = Annotated[str, Depends(current_operator)]
+Writer = Annotated[str, Depends(writing_operator)]
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request whose body is larger than ``max_bytes`` (413), by its
+    Content-Length before reading anything, or as soon as a chunked body passes the limit."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = self.max_bytes + 1
+        if declared > self.max_bytes:
+            await JSONResponse({"detail": f"request larger than {self.max_bytes} bytes"}, status_code=413)(
+                scope, receive, send)  # fmt: skip
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, f"request larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _decode(photo: Photo) -> bytes:
@@ -151,23 +286,39 @@ def create_app(enroller: Enroller, distributor: GalleryDistributor | None = None
         title="FaceFare enrollment",
         version="1",
         description="Enroll riders from photos, look them up and erase them. HTTP Basic auth with an operator "
-        "account. Photos are base64 in JSON; no face image is kept unless the operator opted in.",
-    )
+        "account (role operator to enroll and erase, read-only to look up). Photos are base64 in JSON; no face "
+        "image is kept unless the operator opted in.",
+        docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind the login
+    )  # fmt: skip
     app.state.store = store
+    app.state.gate = _Gate(store, enroller.cfg.api_login_limit)
+    app.add_middleware(BodyLimit, max_bytes=enroller.cfg.api_max_request_bytes)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(who: Operator) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(who: Operator) -> Any:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="FaceFare enrollment")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(who: Operator) -> Any:
+        return get_redoc_html(openapi_url="/openapi.json", title="FaceFare enrollment")
 
     @app.get("/health", summary="Liveness (no authentication)")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.post("/photos/check", response_model=PhotoCheckResponse, summary="Check one photo before enrolling")
-    def check_photo(photo: Photo, who: Operator) -> PhotoCheckResponse:
+    def check_photo(photo: Photo, who: Writer) -> PhotoCheckResponse:
         result = enroller.check_photo(photo.name, _decode(photo))
         return PhotoCheckResponse(ok=result.ok, reason=result.reason, message=result.message)
 
     @app.post("/riders", response_model=EnrollResponse, status_code=201, summary="Enroll a rider from photos",
               responses={409: {"model": EnrollResponse, "description": "Looks like an enrolled rider: not added"},
                          422: {"model": EnrollResponse, "description": "Too few usable photos"}})  # fmt: skip
-    def enroll(req: EnrollRequest, who: Operator) -> Any:
+    def enroll(req: EnrollRequest, who: Writer) -> Any:
         photos = [(p.name, _decode(p)) for p in req.photos]
         code = req.code.get_secret_value() if req.code is not None else None
         result = enroller.enroll(req.rider, photos, allow_duplicate=req.allow_duplicate, actor=f"api:{who}",
@@ -178,8 +329,6 @@ def create_app(enroller: Enroller, distributor: GalleryDistributor | None = None
             if distributor is not None and distributor.publish is not None:
                 distributor.sync()
             return body
-        from fastapi.responses import JSONResponse
-
         code = status.HTTP_409_CONFLICT if result.status == "duplicate" else 422
         return JSONResponse(body.model_dump(), status_code=code)
 
@@ -193,7 +342,7 @@ def create_app(enroller: Enroller, distributor: GalleryDistributor | None = None
         return RiderResponse(**fields, buses=[b for b in row["buses"].split(",") if b], templates=n)
 
     @app.delete("/riders/{rider_id}", response_model=ErasureResponse, summary="Erase a rider everywhere")
-    def erase(rider_id: str, who: Operator) -> ErasureResponse:
+    def erase(rider_id: str, who: Writer) -> ErasureResponse:
         try:
             if distributor is not None:
                 distributor.erase(rider_id, actor=f"api:{who}")

@@ -40,6 +40,18 @@ class EnrollmentConfig(BaseModel):
     )
     api_host: str = Field("127.0.0.1", description="Address the enrollment HTTP API listens on")
     api_port: int = Field(8700, ge=1, le=65535, description="Port of the enrollment HTTP API")
+    delta_expiry_s: int = Field(
+        24 * 3600, ge=60, le=7 * 24 * 3600,
+        description="Gallery deltas expire at the broker after this (MQTT v5 message expiry): a delta holding an "
+        "erased rider's template never waits there longer; a bus away for longer resyncs from its version",
+    )  # fmt: skip
+    api_max_request_bytes: int = Field(
+        16 * 2**20, ge=2**16, description="Larger HTTP requests to the enrollment API are refused (413) unread"
+    )
+    api_login_limit: str = Field(
+        "10/minute", pattern=r"^\d+\s*/\s*(\d+\s*)?(second|minute|hour|day)s?$",
+        description="Password checks allowed per client address and per operator name (counted before the check)",
+    )  # fmt: skip
     delta_bytes: int = Field(
         150_000, ge=2_000, le=180_000, description="Largest plaintext of one gallery delta (fits one MQTT message)"
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,9 @@ from enrollment.store import TemplateStore, now_iso, seal, unseal
 log = logging.getLogger(__name__)
 
 SCHEMA = """
+-- When each bus's newest delta was published (unix seconds): older than the delta expiry, the
+-- broker holds none of its deltas any more, and a bus reporting an older version gets a resend.
+CREATE TABLE IF NOT EXISTS gallery_published (bus_id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS gallery_buses (
     bus_id TEXT PRIMARY KEY,
     secret_nonce BLOB NOT NULL,
@@ -131,6 +135,7 @@ class GalleryDistributor:
         bus_keys: KeyLookup | None = None,
         delta_bytes: int = 150_000,
         publish: Callable[[str, bytes], Any] | None = None,
+        delta_expiry_s: int = 24 * 3600,
     ) -> None:
         self.store = store
         self.cloud_key = cloud_key
@@ -139,6 +144,7 @@ class GalleryDistributor:
         limit = (MAX_PAYLOAD_BYTES - ENVELOPE_ROOM) * 3 // 4 - 16
         self.delta_bytes = min(delta_bytes, limit)
         self.publish = publish
+        self.delta_expiry_s = delta_expiry_s
         self.client: Any = None
         self.in_flight: list[Any] = []
         self.replay = ReplayGuard()
@@ -271,6 +277,8 @@ class GalleryDistributor:
                 out.append(Published(bus_id, base, version, len(chunk), payload))
                 base = head = version
             db.execute("UPDATE gallery_buses SET version = ? WHERE bus_id = ?", (head, bus_id))
+            if out:
+                db.execute("INSERT OR REPLACE INTO gallery_published VALUES (?, ?)", (bus_id, time.time()))
         return out
 
     def _chunks(self, ops: list[dict]) -> list[list[dict]]:
@@ -334,14 +342,19 @@ class GalleryDistributor:
     def handle(self, topic: str, payload: bytes) -> str:
         """Process one ``gallery_ack`` from a bus; returns what happened (never raises)."""
         try:
-            env = parse(topic, payload, self.bus_keys)
+            # No freshness check: an ack is idempotent by version (a bus clock far off must still confirm).
+            env = parse(topic, payload, self.bus_keys, check_time=False)
             self.replay.check(env)
         except ProtocolError as exc:
             log.warning("gallery_ack refused (%s): %s", exc.reason, exc.detail)
             return f"rejected:{exc.reason}"
         if not isinstance(env.body, GalleryAck):
             return "rejected:topic"
-        return self.acknowledge(env.sender, env.body)
+        try:
+            return self.acknowledge(env.sender, env.body)
+        except Exception:  # the store locked or full: the bus acks again with its next delta or resync
+            log.exception("cannot record the gallery_ack of %s", env.sender)
+            return "failed"
 
     def acknowledge(self, bus_id: str, ack: GalleryAck) -> str:
         """Record that ``bus_id`` holds ``ack.version``; confirm erasures; resend on request."""
@@ -350,8 +363,11 @@ class GalleryDistributor:
             if row is None:
                 return "unknown_bus"
             if ack.version > row[0]:
-                log.warning("bus %s reports gallery version %d, ahead of the %d published", bus_id, ack.version,
-                            row[0])  # fmt: skip
+                # No bus can hold a version never published: refuse it, or it would confirm
+                # erasures (and record a version) the bus never received.
+                log.error("bus %s reports gallery version %d, ahead of the %d published; ignored", bus_id,
+                          ack.version, row[0])  # fmt: skip
+                return "rejected:ahead"
             db.execute("UPDATE gallery_buses SET acked_version = ?, acked_at = ? WHERE bus_id = ?",
                        (ack.version, now_iso(), bus_id))  # fmt: skip
             confirmed = [r[0] for r in db.execute(
@@ -361,15 +377,20 @@ class GalleryDistributor:
                 db.execute("UPDATE erasure_targets SET confirmed_version = ?, confirmed_at = ? WHERE rider_id = ? "
                            "AND bus_id = ?", (ack.version, now_iso(), rider, bus_id))  # fmt: skip
                 self.store.audit(db, f"bus:{bus_id}", "erase_confirmed", rider, bus_id=bus_id, version=ack.version)
-        if ack.resync:
+        if ack.resync or (ack.version < row[0] and self._expired(bus_id)):
+            # Asked for, or the bus is behind and the broker no longer holds the deltas it lacks
+            # (they expired while it was away): send the changes since the bus's own version.
             self.sync(bus_id, since=ack.version)
             return "resent"
         return "confirmed" if confirmed else "acked"
 
+    def _expired(self, bus_id: str) -> bool:
+        with self.store.lock:
+            row = self.store.db.execute("SELECT at FROM gallery_published WHERE bus_id = ?", (bus_id,)).fetchone()
+        return row is None or time.time() - float(row[0]) >= self.delta_expiry_s
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until the broker acknowledged every published delta; False if some did not make it."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         for info in self.in_flight:
             try:
@@ -380,10 +401,23 @@ class GalleryDistributor:
         self.in_flight = [i for i in self.in_flight if not i.is_published()]
         return done
 
+    def publish_with(self, client: Any, topic: str, payload: bytes) -> Any:
+        """Publish a delta through a paho client: QoS 1, retained, expiring after ``delta_expiry_s``.
+
+        The expiry (MQTT v5) bounds how long a delta - maybe holding a template erased since -
+        waits at the broker for a bus that is away, in its queue or as the retained head; a bus
+        back after longer asks for the changes since its own version (``GalleryAck.resync``)."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = int(self.delta_expiry_s)
+        return client.publish(topic, payload, qos=1, retain=True, properties=props)
+
     def attach(self, client: Any) -> None:
         """Publish deltas (QoS 1, retained) through a paho client and take ``gallery_ack`` from every bus."""
         self.client = client
-        self.publish = lambda topic, payload: client.publish(topic, payload, qos=1, retain=True)
+        self.publish = lambda topic, payload: self.publish_with(client, topic, payload)
         pattern = topic_for("gallery_ack", "+")
         client.message_callback_add(pattern, lambda c, u, msg: self.handle(msg.topic, msg.payload))
         previous = client.on_connect

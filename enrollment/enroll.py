@@ -106,6 +106,7 @@ class Enroller:
         self.quality = quality or QualityConfig()
         self.model_sha256: str = engine.embedder_sha256
         self._known: Gallery | None = None
+        self._known_mark = -1
 
     # -- one photo -----------------------------------------------------------------------------
 
@@ -138,15 +139,26 @@ class Enroller:
     # -- one rider -----------------------------------------------------------------------------
 
     def known(self) -> Gallery:
-        """Enrolled riders' templates of this model (cached; kept up to date by :meth:`enroll`)."""
-        if self._known is None:
+        """Enrolled riders' templates of this model, cached while the store has not changed.
+
+        Every call checks the store's change mark (the audit log's newest entry), so an erasure
+        made by the API, by ``facefare erase`` in another process or by anyone else takes effect
+        at the next duplicate check: an erased rider is never in this copy.
+        """
+        mark = self.store.change_mark()
+        if self._known is None or mark != self._known_mark:
             self._known = self.store.gallery(self.model_sha256)
+            self._known_mark = mark
         return self._known
 
     def _remember(self, rider_id: str, embeddings: list[np.ndarray]) -> None:
-        g = self.known()
+        g = self._known
+        if g is None or self.store.changed_since(self._known_mark, except_rider=rider_id):
+            self._known = None  # not cached, or someone else changed the store meanwhile: read it again
+            return
         ids = [str(r) for r in g.rider_ids] + [rider_id] * len(embeddings)
         self._known = Gallery(ids, np.concatenate([g.embeddings, np.stack(embeddings)]))
+        self._known_mark = self.store.change_mark()
 
     def forget(self) -> None:
         """Drop the cached gallery (after riders were erased or re-embedded elsewhere)."""

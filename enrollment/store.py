@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from cloud_sync.sealing import StoreError, create_key, load_key, seal, unseal  # noqa: F401 (re-exported)
 from cloud_sync.sqlite_schema import schema, statements, upgrade
 from edge.faces.match import Gallery
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class TemplateStore:
 
     def __init__(self, path: Path, key: bytes, *, keep_photos: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path, "template store")  # names, accounts, operators' hashes: owner only (0600)
         self.key = key
         self.keep_photos = keep_photos
         self.lock = threading.RLock()
@@ -212,6 +213,19 @@ class TemplateStore:
             "INSERT INTO audit (at, actor, action, rider_id, detail) VALUES (?, ?, ?, ?, ?)",
             (now_iso(), actor, action, rider_id, json.dumps(detail, sort_keys=True)),
         )
+
+    def change_mark(self) -> int:
+        """A number that grows with every enrollment, erasure or other audited change, whichever
+        process made it (the audit log is append-only): a cache of riders is current while it holds."""
+        with self.lock:
+            return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+
+    def changed_since(self, mark: int, except_rider: str | None = None) -> bool:
+        """Whether anything was audited after ``mark`` (other than changes of ``except_rider``)."""
+        with self.lock:
+            row = self.db.execute("SELECT 1 FROM audit WHERE seq > ? AND (rider_id IS NULL OR rider_id != ?) LIMIT 1",
+                                  (mark, except_rider or "")).fetchone()  # fmt: skip
+        return row is not None
 
     def audit_log(self, rider_id: str | None = None) -> list[dict[str, Any]]:
         with self.lock:

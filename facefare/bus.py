@@ -61,12 +61,14 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
     engine = wiring.face_engine(cfg)
     manifest = engine.verify_all()
     gallery = wiring.bus_gallery(cfg, engine.embedder_sha256)
-    ledger = wiring.bus_ledger(cfg)  # the ledger thread's connection
+    ledger = wiring.bus_ledger(cfg, charging=True)  # the ledger thread's (clock and integrity checked)
     sync_ledger = wiring.bus_ledger(cfg)  # the sync thread's own connection (WAL: they never block charges)
     source = source if source is not None else open_source(cfg.camera)
     door = open_door(cfg.feedback)
     show = to_door(door)
     data_dir = Path(cfg.data_dir)
+
+    sync_health = SyncSupervisor(cfg.ledger.bus_id)
 
     def status() -> dict[str, Any]:
         return {
@@ -75,6 +77,10 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
             "route_id": cfg.pipeline.route_id,
             **camera_status(source),
             **disk_status(data_dir, cfg.ledger.min_free_bytes),
+            **sync_health.status(),  # issue 19: sync thread restarts
+            "clock": {"ok": ledger.clock_fault is None, "detail": ledger.clock_fault or ""},  # issue 19: clock steps
+            **({"disk": {"ok": False, "detail": f"ledger corrupt, no charges: {ledger.corrupt}"[:200]}}
+               if ledger.corrupt else {}),  # issue 19: a ledger that failed its integrity check
         }
 
     sync = wiring.bus_sync(cfg, sync_ledger, status_fields=status, configure=gallery.attach)
@@ -112,8 +118,9 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
 
     node = BusNode(pipeline, ledger, feedback=feedback, drop_frames=cfg.camera.type != "file",
                    on_frame=frame_done, may_charge=lambda: gallery.ready)  # fmt: skip
-    watchdog = Watchdog(healthy=lambda: time.monotonic() - last_frame[0] < STALL_S)
-    sync_thread = threading.Thread(target=sync.run, args=(stop,), name="sync", daemon=True)
+    # The watchdog is pinged only while frames flow and the sync thread is making rounds.
+    watchdog = Watchdog(healthy=lambda: time.monotonic() - last_frame[0] < STALL_S and sync_health.alive(sync))
+    sync_thread = threading.Thread(target=sync_health.run, args=(sync, stop), name="sync", daemon=True)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("bus %s: signal %d, stopping", cfg.ledger.bus_id, signum)
@@ -151,6 +158,40 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
         gallery.close()
     log.info("bus %s: stopped after %d frames, %d decisions", cfg.ledger.bus_id, stats.frames, len(stats.decisions))
     return stats
+
+
+class SyncSupervisor:
+    """Runs the sync thread and starts it again if it ever dies; its health for the heartbeat and the watchdog.
+
+    ``BusSync.run`` already survives failing rounds (logged, backed off, retried); this catches
+    what escapes it (a broken start, a bug), so the outbox never silently stops draining.
+    """
+
+    def __init__(self, bus_id: str, backoff_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
+        self.bus_id = bus_id
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.restarts = 0
+
+    def run(self, sync: Any, stop: threading.Event) -> None:
+        delay = self.backoff_s
+        while not stop.is_set():
+            try:
+                sync.run(stop)
+                return
+            except Exception:
+                self.restarts += 1
+                log.exception("bus %s: the sync thread died; restarting it in %.0f s", self.bus_id, delay)
+                if stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.max_backoff_s)
+
+    def alive(self, sync: Any) -> bool:
+        """The sync made a round recently (rounds come every 0.1 s, or every backoff when failing)."""
+        return time.monotonic() - sync.last_round_at < STALL_S + self.max_backoff_s
+
+    def status(self) -> dict[str, Any]:
+        return {"sync_restarts": self.restarts}
 
 
 def _drain(cfg: FacefareConfig, stop: threading.Event, timeout_s: float) -> int:

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloud_sync.bus_sync import SyncConfig
@@ -31,6 +31,7 @@ from edge.door.quality import QualityConfig
 from edge.door.second_factor import SecondFactorConfig
 from edge.door.smile import SmileConfig
 from edge.fares.ledger import LedgerConfig
+from edge.fares.record import TEXT_MAX
 from edge.fares.rules import FaresConfig
 from enrollment.config import EnrollmentConfig
 from facefare.metrics import MetricsConfig
@@ -111,6 +112,18 @@ class FacefareConfig(BaseSettings):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _sendable_fare_fields(cls, value: PipelineConfig) -> PipelineConfig:
+        # Every fare carries these; a value the protocol refuses would make fares that can never
+        # be sent (issue 19, defect 8), so refuse it here, at start, naming the key.
+        for key in ("route_id", "trip_id"):
+            text = getattr(value, key)
+            if len(text) > TEXT_MAX or "\x00" in text:
+                raise ValueError(f"pipeline.{key} must be at most {TEXT_MAX} characters without NUL (the protocol's "
+                                 f"limit for fares); got {len(text)} characters")  # fmt: skip
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -7,6 +7,7 @@ the config gets a function here, never a ``from_config`` in its own package.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cloud_sync import protocol
@@ -30,8 +31,12 @@ def face_engine(cfg: FacefareConfig) -> FaceEngine:
                       detector=e.detector, landmarks=e.landmarks, embedder=e.embedder, mesh=e.mesh)  # fmt: skip
 
 
-def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False) -> Ledger:
-    """The bus's fare ledger: ``[ledger]`` for the file and limits, ``[fares]`` for the rules."""
+def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False, charging: bool = False) -> Ledger:
+    """The bus's fare ledger: ``[ledger]`` for the file and limits, ``[fares]`` for the rules.
+
+    ``charging``: the door's ledger: its boarding times come from the wall clock and are checked
+    against a monotonic record (:meth:`edge.fares.ledger.Ledger._trusted_time`), and the file
+    passes ``PRAGMA quick_check`` at start or charges no one."""
     lc = cfg.ledger
     return Ledger(
         lc.resolve_path(cfg.data_dir),
@@ -41,6 +46,8 @@ def bus_ledger(cfg: FacefareConfig, *, readonly: bool = False) -> Ledger:
         busy_timeout_ms=lc.busy_timeout_ms,
         min_free_bytes=lc.min_free_bytes,
         readonly=readonly,
+        monotonic_ns=time.monotonic_ns if charging else None,
+        check_integrity=charging,
     )
 
 

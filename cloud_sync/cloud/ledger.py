@@ -47,6 +47,7 @@ from cloud_sync.protocol import Fare
 from cloud_sync.sqlite_schema import schema, upgrade
 from edge.fares.record import FARE_COLUMNS
 from edge.fares.rules import FaresConfig
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,11 @@ class CloudLedger:
 
     def __init__(self, rules: FaresConfig | None = None) -> None:
         self.rules = (rules or FaresConfig()).model_copy(update={"deny": []})
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether retrying can fix ``exc``: the database unreachable, locked, out of space for
+        now. Anything else (a value the database refuses, a constraint) fails again on retry."""
+        return isinstance(exc, OSError | ConnectionError | TimeoutError)
 
     # -- backend primitives ----------------------------------------------------------------
 
@@ -480,8 +486,7 @@ class SqliteLedger(CloudLedger):
     def __init__(self, path: str | Path, rules: FaresConfig | None = None) -> None:
         super().__init__(rules)
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path, "cloud ledger")  # every rider's fares: owner only (0600)
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA busy_timeout = 10000")
         if self.path != ":memory:":
@@ -492,6 +497,10 @@ class SqliteLedger(CloudLedger):
 
     def close(self) -> None:
         self.conn.close()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        # OperationalError: locked, busy, disk I/O, full: the database itself may recover.
+        return isinstance(exc, sqlite3.OperationalError) or super().is_transient(exc)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -547,6 +556,12 @@ class PostgresLedger(CloudLedger):
 
     def close(self) -> None:
         self.conn.close()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        import psycopg
+
+        # OperationalError: the server went away, shut down, ran out of space, a lock timed out.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or super().is_transient(exc)
 
     def _live(self) -> Any:
         """The connection, made again if the server restarted or the network dropped."""

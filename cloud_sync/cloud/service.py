@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 SUBSCRIPTIONS = tuple(f"{PREFIX}/bus/+/{leaf}" for leaf in ("fares", "status", "decisions", "gallery_ack"))
 
 Handler = Callable[[Envelope], None]
+#: A fare boarded more than this after its message was sent (or after now) has an implausible time.
+IMPLAUSIBLE_AHEAD_MS = 10 * 60 * 1000
 #: While fares keep arriving, settlement waits for a quiet moment, but never longer than this.
 SETTLE_MAX_DELAY_S = 30
 
@@ -192,6 +194,9 @@ class CloudService:
         self._last_batch_at = 0.0
         self.last_settled_at: float | None = None  # time.time() of the last completed settlement
         self._client: Any = None
+        #: Per bus, its clock minus the cloud's in ms, from its newest live heartbeat.
+        self.clock_skew_ms: dict[str, int] = {}
+        self._skew_warned: set[str] = set()
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -387,15 +392,30 @@ class CloudService:
     # -- one batch -------------------------------------------------------------------------
 
     def _check(self, topic: str, payload: bytes, retain: bool) -> Envelope:
-        """parse() plus freshness and replay checks; raises ProtocolError."""
+        """parse() plus freshness and replay checks; raises ProtocolError.
+
+        Freshness refuses only door decisions. Fares are idempotent by fare id (and their message
+        ids are kept by the ledger), gallery acks by version, statuses carry no money: a bus whose
+        clock is far off must still sync, so for those the age is measured (the bus's clock
+        skew, :attr:`clock_skew_ms`) instead of refused.
+        """
         env = protocol.parse(topic, payload, self._lookup_key, check_time=False)
         # A last will is signed at connect and sent by the broker much later; a retained status
         # arrives again on every subscription. Neither carries money, so only their signature counts.
         status_redelivery = env.type == "offline" or (env.type == "heartbeat" and retain)
         if not status_redelivery:
             age = protocol.now_ms() - env.sent_ms
+            if env.type == "heartbeat":
+                self.clock_skew_ms[env.sender] = -age  # the bus's clock minus the cloud's (plus transit)
             if abs(age) > self.window_ms:
-                raise ProtocolError("stale", f"sent {age // 1000} s from now, window {self.window_ms // 1000} s")
+                if env.type == "decision":
+                    raise ProtocolError("stale", f"sent {age // 1000} s from now, window {self.window_ms // 1000} s")
+                if env.sender not in self._skew_warned:
+                    self._skew_warned.add(env.sender)
+                    log.warning("bus %s: its clock is %d s off the cloud's; its %s is accepted (idempotent)",
+                                env.sender, -age // 1000, env.type)  # fmt: skip
+            elif env.sender in self._skew_warned:
+                self._skew_warned.discard(env.sender)
             self.guard.check(env)
         return env
 
@@ -420,6 +440,7 @@ class CloudService:
         results = self._apply(ledger, fares, rejections, stop)
         if results is None:
             return  # stopping with the database unreachable: the broker keeps the messages
+        self._flag_times(ledger, fares)
         for res in results:
             with self._stats_lock:
                 self.applied_fares += res.new
@@ -427,8 +448,8 @@ class CloudService:
                     self.counts["replay"] += res.duplicates
                 if res.replayed_message:
                     self.counts["replay"] += 1
-                if res.rejected:
-                    self.counts["conflict"] += len(res.rejected)
+                for _fare_id, reason in res.rejected:
+                    self.counts[reason] += 1
             self._send_ack(res)
         for env, retained in others:
             self._dispatch(env, ledger, retained)
@@ -436,11 +457,18 @@ class CloudService:
 
     def _apply(self, ledger: CloudLedger, fares: list[FaresMessage], rejections: list[Rejection],
                stop: threading.Event) -> list[IngestResult] | None:  # fmt: skip
+        """Apply the batch; retry only what retrying can fix (the database unreachable or locked).
+
+        A fare the ledger cannot store (an error that would come back on every retry) must not
+        hold up the batch, its bus or any other bus: the batch is applied again message by
+        message and fare by fare, and only the fares that fail are refused as ``unstorable``
+        (recorded, counted, logged as an error, and sent back to the bus as rejected for good).
+        """
         delay = 0.5
         while True:
             try:
                 start = time.perf_counter()
-                results = ledger.ingest(fares, rejections)
+                results = self._ingest_isolating(ledger, fares, rejections)
                 with self._stats_lock:
                     self.db_seconds += time.perf_counter() - start
                     self.batches += 1
@@ -452,6 +480,64 @@ class CloudService:
                 if stop.wait(delay):
                     return None
                 delay = min(delay * 2, 30.0)
+
+    def _ingest_isolating(self, ledger: CloudLedger, fares: list[FaresMessage],
+                          rejections: list[Rejection]) -> list[IngestResult]:  # fmt: skip
+        try:
+            return ledger.ingest(fares, rejections)
+        except Exception as exc:
+            if ledger.is_transient(exc):
+                raise
+            log.error("the cloud ledger refused a batch of %d messages (%s); applying them one by one",
+                      len(fares), exc)  # fmt: skip
+        ledger.ingest([], rejections)
+        results = []
+        for msg in fares:
+            try:
+                results.extend(ledger.ingest([msg]))
+                continue
+            except Exception as exc:
+                if ledger.is_transient(exc):
+                    raise
+            res = IngestResult(msg.sender)
+            for i, fare in enumerate(msg.fares):
+                # Each fare alone, as a part of the message (its own message id, so the whole
+                # message delivered again later still counts as new and its fares as duplicates).
+                part = FaresMessage(msg.sender, f"{msg.msg_id}.{i}", msg.sent_ms, [fare])
+                try:
+                    (one,) = ledger.ingest([part])
+                except Exception as exc:
+                    if ledger.is_transient(exc):
+                        raise
+                    detail = f"fare {fare.fare_id} of message {msg.msg_id} cannot be stored: {exc}"[:500]
+                    log.error("UNSTORABLE fare from bus %s refused for good: %s", msg.sender, detail)
+                    ledger.record_rejections([Rejection(msg.sender, "unstorable", detail)])
+                    one = IngestResult(msg.sender, rejected=[(fare.fare_id, "unstorable")])
+                res.acked += one.acked
+                res.new += one.new
+                res.duplicates += one.duplicates
+                res.rejected += one.rejected
+            results.append(res)
+        return results
+
+    def _flag_times(self, ledger: CloudLedger, messages: list[FaresMessage]) -> None:
+        """Flag (not refuse: the money happened) fares whose times cannot be right: boarded after
+        the message carrying them was sent, or in the cloud's future. Counted as ``implausible_time``."""
+        now = protocol.now_ms()
+        flags = [
+            Rejection(m.sender, "implausible_time", f"fare {f.fare_id} boarded_ms {f.boarded_ms}: "
+                      f"{(f.boarded_ms - min(m.sent_ms, now)) // 1000} s after its message was sent or now")
+            for m in messages for f in m.fares
+            if f.boarded_ms > min(m.sent_ms, now) + IMPLAUSIBLE_AHEAD_MS
+        ]  # fmt: skip
+        if flags:
+            log.error("bus %s: %d fare(s) with implausible times (a bus clock stepped?)", flags[0].bus_id, len(flags))
+            with self._stats_lock:
+                self.counts["implausible_time"] += len(flags)
+            try:
+                ledger.record_rejections(flags)
+            except Exception:
+                log.exception("cannot record implausible fare times")
 
     def _send_ack(self, res: IngestResult) -> None:
         rejected = [Rejected(fare_id=f, reason=r) for f, r in res.rejected]
@@ -466,8 +552,11 @@ class CloudService:
     def _dispatch(self, env: Envelope, ledger: CloudLedger, retained: bool = False) -> None:
         if env.type in ("heartbeat", "offline"):
             backlog = getattr(env.body, "outbox_backlog", 0)
+            body = env.body.model_dump()
+            if env.sender in self.clock_skew_ms:
+                body["cloud_measured_skew_ms"] = self.clock_skew_ms[env.sender]
             try:
-                ledger.record_status(env.sender, env.type == "heartbeat", backlog, env.body.model_dump())
+                ledger.record_status(env.sender, env.type == "heartbeat", backlog, body)
             except Exception:
                 log.exception("cannot record the status of bus %s", env.sender)
             if env.type == "offline":

@@ -16,15 +16,15 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 
+from cloud_sync.authn import LoginLimiter
 from cloud_sync.dashboard.auth import Sessions, User, UserStore
 from cloud_sync.dashboard.state import FleetState
 from cloud_sync.protocol import now_ms
@@ -40,7 +40,7 @@ PRIVATE_STATIC = frozenset({"app.js", "app.css"})
 #: Seconds between live-stream checks for changes, and the longest gap between two updates.
 STREAM_POLL_S = 0.2
 STREAM_REFRESH_S = 2.0
-#: Failed logins allowed per client address per minute.
+#: Login attempts allowed per client address and per user name per minute (counted before the check).
 LOGIN_FAILURES_PER_MIN = 10
 MAX_LOGIN_BYTES = 4096
 SECURITY_HEADERS = {
@@ -49,10 +49,27 @@ SECURITY_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser posts the login form with "Origin: null",
+    # which cross_site() cannot tell from a cross-site post; other sites still get no referrer.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+
+
+def cross_site(request: Request) -> bool:
+    """Whether a browser sent this request from another site (Fetch Metadata, else Origin vs Host).
+
+    Non-browser clients send neither header and are not refused; browsers send ``Origin`` with
+    every cross-origin POST, so a form on another site cannot post here (OWASP: verify the origin
+    with standard headers)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:  # the browser says where the request comes from: trust only that
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc.lower() != (request.headers.get("host") or "").lower()
 
 
 def create_app(
@@ -62,11 +79,13 @@ def create_app(
     *,
     cookie_secure: str = "auto",
     clock: Callable[[], int] = now_ms,
+    login_limit: str = f"{LOGIN_FAILURES_PER_MIN}/minute",
 ) -> FastAPI:
     """The dashboard web app over ``state``; ``clock`` gives the time in ms (tests pass their own)."""
     app = FastAPI(title="FaceFare fleet dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.stopping = threading.Event()
-    failures: dict[str, deque[float]] = {}
+    limiter = LoginLimiter(login_limit, login_limit)
+    app.state.login_limiter = limiter
 
     def user_of(request: Request) -> User | None:
         name = sessions.user_of(request.cookies.get(COOKIE))
@@ -100,20 +119,20 @@ def create_app(
     @app.post("/login")
     async def login(request: Request) -> Response:
         client = request.client.host if request.client else "?"
-        recent = failures.setdefault(client, deque())
-        while recent and recent[0] < time.monotonic() - 60:
-            recent.popleft()
-        if len(recent) >= LOGIN_FAILURES_PER_MIN:
-            return login_page("Too many failed logins; wait a minute.", 429)
+        if cross_site(request):  # login CSRF: another site logging the browser in as its own user
+            return login_page("Cross-site login refused.", 403)
         if int(request.headers.get("content-length") or 0) > MAX_LOGIN_BYTES:
             return login_page("Login form too large.", 413)
         body = await request.body()
         form = parse_qs(body[:MAX_LOGIN_BYTES].decode(errors="replace"), max_num_fields=10)
         name = form.get("username", [""])[0]
         password = form.get("password", [""])[0]
+        # Counted before the password is checked, so parallel guesses cannot pass the limit.
+        if not limiter.attempt(client, name):
+            log.warning("dashboard login refused for %r from %s: too many attempts", name[:64], client)
+            return login_page("Too many login attempts; wait a minute.", 429)
         user = await asyncio.to_thread(users.authenticate, name, password) if name and password else None
         if user is None:
-            recent.append(time.monotonic())
             log.warning("failed dashboard login for %r from %s", name[:64], client)
             return login_page("Wrong user name or password.", 401)
         log.info("dashboard login: %s (%s) from %s", user.name, user.role, client)
@@ -124,7 +143,10 @@ def create_app(
         return response
 
     @app.post("/logout")
-    async def logout() -> Response:
+    async def logout(request: Request) -> Response:
+        if cross_site(request):
+            return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+        sessions.revoke(request.cookies.get(COOKIE))  # a copied cookie stops working too
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response

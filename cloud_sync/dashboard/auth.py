@@ -1,35 +1,41 @@
-"""Dashboard users and sessions: scrypt password hashes in a users file, HMAC-signed session tokens.
+"""Dashboard users and sessions: argon2id password hashes in a users file, revocable server-side sessions.
 
 The users file is JSON, readable by its owner only::
 
-    {"users": {"alice": {"role": "admin", "hash": "scrypt$16384$8$1$<salt b64>$<hash b64>"}}}
+    {"users": {"alice": {"role": "admin", "hash": "$argon2id$v=19$m=65536,t=3,p=4$..."}}}
 
-A session token is ``<base64 JSON {"u": user, "exp": unix seconds}>.<base64 HMAC-SHA256>``
-signed with a per-installation secret; the role is looked up in the users file on every request,
-so changing or removing a user takes effect at once.
+Hashes come from :mod:`cloud_sync.authn` (argon2-cffi); scrypt hashes of earlier versions still
+verify and are replaced by argon2id at the user's next login.
+
+A session token is ``<base64 JSON {"u": user, "exp": unix seconds, "sid": random}>.<base64 HMAC-SHA256>``
+signed with a per-installation secret, and valid only while its ``sid`` is in the server's session
+table: logging out revokes it at once (a copied cookie stops working), and so does a restart of
+the dashboard. The role is looked up in the users file on every request, so changing or removing a
+user takes effect at once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
-import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cloud_sync import authn
+
 Role = Literal["admin", "read-only"]
 ROLES: tuple[Role, ...] = ("admin", "read-only")
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD = 8
-# scrypt cost: 16 MiB and about 50 ms per login on a server core.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 
 
 class AuthError(ValueError):
@@ -37,24 +43,13 @@ class AuthError(ValueError):
 
 
 def hash_password(password: str) -> str:
-    """A salted scrypt hash of ``password`` in one self-describing string."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    """A salted argon2id hash of ``password`` in one self-describing string."""
+    return authn.hash_password(password)
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    try:
-        kind, n, r, p, salt, digest = encoded.split("$")
-        if kind != "scrypt":
-            return False
-        want = base64.b64decode(digest)
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                             dklen=len(want))  # fmt: skip
-    except ValueError:
-        return False
-    return hmac.compare_digest(got, want)
+    """Whether ``password`` matches ``encoded`` (argon2id, or scrypt from earlier versions)."""
+    return authn.verify_password(password, encoded)
 
 
 @functools.cache
@@ -112,15 +107,20 @@ class UserStore:
         """The user if the password is right; None otherwise (in about the same time either way)."""
         user = self.get(name)
         ok = verify_password(password, user.hash if user else _dummy_hash())
-        return user if ok and user else None
+        if not (ok and user):
+            return None
+        if authn.needs_rehash(user.hash):  # an scrypt hash of an earlier version: argon2id from now on
+            with contextlib.suppress(AuthError, OSError):
+                self.set_user(user.name, password, user.role, check_length=False)
+        return user
 
-    def set_user(self, name: str, password: str, role: Role) -> None:
+    def set_user(self, name: str, password: str, role: Role, *, check_length: bool = True) -> None:
         """Add a user or replace their password and role; the file is written atomically, mode 0600."""
         if not USERNAME.match(name):
             raise AuthError(f"user name {name!r}: use letters, digits and _ . @ - (at most 64)")
         if role not in ROLES:
             raise AuthError(f"role {role!r}: choose one of {', '.join(ROLES)}")
-        if len(password) < MIN_PASSWORD:
+        if check_length and len(password) < MIN_PASSWORD:
             raise AuthError(f"password too short: at least {MIN_PASSWORD} characters")
         users = dict(self._load())
         users[name] = User(name, role, hash_password(password))
@@ -153,22 +153,28 @@ def load_secret(path: Path) -> bytes:
 
 
 class Sessions:
-    """Signs and checks session tokens."""
+    """Issues, checks and revokes session tokens (server-side: a token is valid only while listed)."""
 
     def __init__(self, secret: bytes, max_age_s: int) -> None:
         self._secret = secret
         self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._live: dict[str, int] = {}  # sid -> expiry (unix seconds)
 
     def _mac(self, data: bytes) -> str:
         return base64.urlsafe_b64encode(hmac.digest(self._secret, data, "sha256")).decode().rstrip("=")
 
     def issue(self, user: str, now: float | None = None) -> str:
-        exp = int(now if now is not None else time.time()) + self.max_age_s
-        data = base64.urlsafe_b64encode(json.dumps({"u": user, "exp": exp}).encode()).decode().rstrip("=")
+        now = now if now is not None else time.time()
+        exp = int(now) + self.max_age_s
+        sid = secrets.token_urlsafe(24)
+        with self._lock:
+            self._live = {s: e for s, e in self._live.items() if e >= now}  # drop expired ones
+            self._live[sid] = exp
+        data = base64.urlsafe_b64encode(json.dumps({"u": user, "exp": exp, "sid": sid}).encode()).decode().rstrip("=")
         return f"{data}.{self._mac(data.encode())}"
 
-    def user_of(self, token: str | None, now: float | None = None) -> str | None:
-        """The user a token was issued to, if it is genuine and not expired."""
+    def _claims(self, token: str | None) -> dict | None:
         if not token or token.count(".") != 1:
             return None
         data, mac = token.split(".")
@@ -176,9 +182,30 @@ class Sessions:
             return None
         try:
             claims = json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
-            user, exp = claims["u"], int(claims["exp"])
+            if not isinstance(claims, dict):
+                return None
+            int(claims["exp"])
+            return claims
         except (ValueError, KeyError, TypeError):
             return None
-        if exp < (now if now is not None else time.time()):
+
+    def user_of(self, token: str | None, now: float | None = None) -> str | None:
+        """The user a token was issued to, if it is genuine, not expired and not revoked."""
+        claims = self._claims(token)
+        if claims is None:
             return None
+        if int(claims["exp"]) < (now if now is not None else time.time()):
+            return None
+        with self._lock:
+            if claims.get("sid") not in self._live:
+                return None
+        user = claims.get("u")
         return user if isinstance(user, str) else None
+
+    def revoke(self, token: str | None) -> bool:
+        """End the session of ``token`` (logout): the token is refused from now on."""
+        claims = self._claims(token)
+        if claims is None:
+            return False
+        with self._lock:
+            return self._live.pop(str(claims.get("sid")), None) is not None

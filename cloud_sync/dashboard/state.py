@@ -38,6 +38,10 @@ def _show(money: Money) -> list[dict[str, Any]]:
     return [{"currency": c, "minor": m, "text": format_money(m, c)} for c, m in sorted(money.items())]
 
 
+#: A bus clock further off than this (ms) is an alert: its fares still sync, but their times are suspect.
+CLOCK_SKEW_ALERT_MS = 60_000
+
+
 @dataclass
 class BusView:
     """What the dashboard knows of one bus, from its last heartbeat and its messages."""
@@ -57,6 +61,11 @@ class BusView:
     disk_detail: str = ""
     disk_free_bytes: int | None = None
     route_id: str = ""
+    clock_skew_ms: int | None = None  # the bus's clock minus this one's (its own measure, else ours)
+    sync_ok: bool = True
+    sync_detail: str = ""
+    clock_ok: bool = True  # the bus found no step of its own wall clock
+    clock_detail: str = ""
 
     def offline_since(self, now_ms: int, offline_after_ms: int) -> int | None:
         """When the bus went offline (its will, or its last sign of life plus the timeout); None if online."""
@@ -158,7 +167,7 @@ class Alert:
     so an acknowledgement covers only the situation that was acknowledged."""
 
     id: str
-    kind: Literal["offline", "backlog", "erasures", "rejected", "camera", "disk", "refusals"]
+    kind: Literal["offline", "backlog", "erasures", "rejected", "camera", "disk", "sync", "clock", "refusals"]
     severity: Literal["critical", "warning"]
     bus_id: str
     message: str
@@ -213,6 +222,10 @@ class FleetState:
                     return  # an older heartbeat overtaken by a newer one
                 bus.status_sent_ms = env.sent_ms
                 self._heartbeat(bus, body, seen)
+                if body.clock_skew_ms is not None:
+                    bus.clock_skew_ms = body.clock_skew_ms
+                elif not retained:
+                    bus.clock_skew_ms = env.sent_ms - now_ms
             else:
                 bus.last_seen_ms = max(bus.last_seen_ms or 0, seen)
                 if isinstance(body, Fares):
@@ -235,6 +248,10 @@ class FleetState:
         bus.disk_ok, bus.disk_detail = hb.disk.ok, hb.disk.detail
         bus.disk_free_bytes = hb.disk_free_bytes
         bus.route_id = hb.route_id or bus.route_id
+        if hb.sync is not None:
+            bus.sync_ok, bus.sync_detail = hb.sync.ok, hb.sync.detail
+        if hb.clock is not None:
+            bus.clock_ok, bus.clock_detail = hb.clock.ok, hb.clock.detail
 
     def _fares(self, body: Fares, now_ms: int) -> None:
         bucket_ms = self.config.chart_bucket_s * 1000
@@ -323,6 +340,15 @@ class FleetState:
                 if not b.disk_ok:
                     out.append(Alert(f"disk:{b.bus_id}", "disk", "critical", b.bus_id,
                                      f"{b.bus_id} disk fault: {b.disk_detail or 'no detail'}", 1))  # fmt: skip
+                if not b.sync_ok:
+                    out.append(Alert(f"sync:{b.bus_id}", "sync", "critical", b.bus_id,
+                                     f"{b.bus_id} sync failing: {b.sync_detail or 'no detail'}", 1))  # fmt: skip
+                if not b.clock_ok:
+                    out.append(Alert(f"clockstep:{b.bus_id}", "clock", "critical", b.bus_id,
+                                     f"{b.bus_id} clock fault: {b.clock_detail or 'no detail'}", 1))  # fmt: skip
+                if b.clock_skew_ms is not None and abs(b.clock_skew_ms) > CLOCK_SKEW_ALERT_MS:
+                    out.append(Alert(f"clock:{b.bus_id}", "clock", "warning", b.bus_id,
+                                     f"{b.bus_id} clock is {b.clock_skew_ms / 1000:+.0f} s off", 1))  # fmt: skip
             out += self._refusal_alerts(now_ms)
             by_bus: dict[str, Counter[str]] = {}
             for (bus_id, reason), n in self.rejects.items():
@@ -382,7 +408,8 @@ class FleetState:
                     "gallery_version": b.gallery_version, "pending_erasures": b.pending_erasures,
                     "camera": {"ok": b.camera_ok, "detail": b.camera_detail},
                     "disk": {"ok": b.disk_ok, "detail": b.disk_detail, "free_bytes": b.disk_free_bytes},
-                    "route_id": b.route_id,
+                    "route_id": b.route_id, "clock_skew_ms": b.clock_skew_ms,
+                    "sync": {"ok": b.sync_ok, "detail": b.sync_detail},
                     "fares_today": day.count_by_bus.get(b.bus_id, 0),
                     "revenue_today": _show(day.by_bus.get(b.bus_id, {})),
                 })  # fmt: skip

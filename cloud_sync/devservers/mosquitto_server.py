@@ -13,12 +13,18 @@ What it writes:
   for 127.0.0.1 and localhost, signed by that CA. Clients trust ``ca.pem`` only.
 * ``passwd``: Mosquitto's hashed password file (``mosquitto_passwd -U``); the clear passwords stay
   in ``passwords.json`` (0600) for :meth:`MosquittoServer.password` and :meth:`MosquittoServer.config_for`.
+* two TLS listeners on 127.0.0.1 (no plaintext listener), each with its own users (issue 19,
+  defect 7): ``port`` for the buses and the dashboard, where the client id is always the user
+  name (``use_username_as_clientid``: one bus's password can never open or take over another
+  bus's session), and ``cloud_port`` for the cloud's own services (user ``cloud``, several
+  client ids);
 * ``acl``: a bus may publish only under ``facefare/v1/bus/<its id>/`` and read only
-  ``facefare/v1/cloud/<its id>/``; ``cloud`` reads and writes everything under ``facefare/v1/``;
-  ``dashboard`` reads the buses' status, fares and decisions.
-* ``mosquitto.conf``: one TLS listener on 127.0.0.1 (no plaintext listener), no anonymous
-  clients, persistence in ``mosquitto.db`` (saved on stop, so QoS 1 sessions survive
-  :meth:`MosquittoServer.restart`), log in ``mosquitto.log``.
+  ``facefare/v1/cloud/<its id>/``; ``dashboard`` only reads the buses' status, fares and
+  decisions (no write rule at all); ``cloud`` reads and writes everything under ``facefare/v1/``;
+* ``mosquitto.conf``: no anonymous clients, ``message_size_limit`` = the protocol's largest
+  payload (a larger publish is refused, never stored or forwarded), persistence in
+  ``mosquitto.db`` (saved on stop, so QoS 1 sessions survive :meth:`MosquittoServer.restart`),
+  log in ``mosquitto.log``.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cloud_sync.devservers.server_process import ServerProcess
 from cloud_sync.devservers.server_process import free_port as free_port  # importable from here too, as before
 from cloud_sync.mqtt import MqttConfig
-from cloud_sync.protocol import PREFIX
+from cloud_sync.protocol import MAX_PAYLOAD_BYTES, PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +185,7 @@ class MosquittoServer(ServerProcess):
 
     def __init__(self, workdir: Path, buses: Sequence[str], *, port: int | None = None) -> None:
         super().__init__(Path(workdir), port)
+        self.cloud_port = free_port(self.host)  # the cloud services' listener, kept across restarts
         self.roles: dict[str, Role] = {}
         self._stderr: Path = self.workdir / "mosquitto.stderr"
         for name in ("cloud", "dashboard"):
@@ -245,7 +252,7 @@ class MosquittoServer(ServerProcess):
             self._write_certs()
         return MqttConfig(
             host=self.host,
-            port=self.port,
+            port=self.cloud_port if self.roles[user] == "cloud" else self.port,
             tls=True,
             ca_file=self.ca_file,
             username=user,
@@ -263,11 +270,12 @@ class MosquittoServer(ServerProcess):
         (self.workdir / "server.pem").write_bytes(cert_pem(cert))
         self.ca_file.write_bytes(cert_pem(ca_cert))
 
-    def _write_password_file(self, mosquitto_passwd: str) -> Path:
-        """Mosquitto's password file: write clear ``user:password`` lines, then hash them in place."""
-        path = self.workdir / "passwd"
+    def _write_password_file(self, mosquitto_passwd: str, name: str = "passwd", roles: Sequence[str] = ()) -> Path:
+        """Mosquitto's password file for the users of ``roles``: clear ``user:password`` lines, hashed in place."""
+        path = self.workdir / name
         passwords = self._passwords()
-        write_private(path, "".join(f"{u}:{passwords[u]}\n" for u in sorted(self.roles)).encode())
+        users = sorted(u for u, r in self.roles.items() if r in roles)
+        write_private(path, "".join(f"{u}:{passwords[u]}\n" for u in users).encode())
         done = subprocess.run([mosquitto_passwd, "-U", str(path)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             path.unlink(missing_ok=True)
@@ -275,33 +283,41 @@ class MosquittoServer(ServerProcess):
         return path
 
     def acl_text(self) -> str:
-        """The ACL file's text (see the module docstring for the rules)."""
-        lines = [
-            "# Written by cloud_sync.devservers.mosquitto_server. Anything not allowed here is denied.",
-            "# Every bus: publish only under its own id, read only the cloud's topics for its own id.",
-            f"pattern write {PREFIX}/bus/%u/#",
-            f"pattern read {PREFIX}/cloud/%u/#",
-        ]
+        """The bus listener's ACL (see the module docstring for the rules).
+
+        One rule set per user, no ``pattern`` lines: a pattern applies to every user, so
+        ``pattern write .../bus/%u/#`` also let the read-only ``dashboard`` publish (retained!)
+        under ``bus/dashboard/``."""
+        lines = ["# Written by cloud_sync.devservers.mosquitto_server. Anything not allowed here is denied."]
         for name, role in sorted(self.roles.items()):
-            if role == "cloud":
-                lines += ["", f"user {name}", f"topic readwrite {PREFIX}/#"]
+            if role == "bus":  # publish only under its own id, read only the cloud's topics for its own id
+                lines += ["", f"user {name}", f"topic write {PREFIX}/bus/{name}/#",
+                          f"topic read {PREFIX}/cloud/{name}/#"]  # fmt: skip
             elif role == "dashboard":
                 lines += ["", f"user {name}"] + [f"topic read {PREFIX}/{t}" for t in DASHBOARD_TOPICS]
         return "\n".join(lines) + "\n"
 
+    def cloud_acl_text(self) -> str:
+        lines = ["# Written by cloud_sync.devservers.mosquitto_server: the cloud services' listener."]
+        for name, role in sorted(self.roles.items()):
+            if role == "cloud":
+                lines += ["", f"user {name}", f"topic readwrite {PREFIX}/#"]
+        return "\n".join(lines) + "\n"
+
     def conf_text(self) -> str:
         wd = self.workdir.resolve()
+        tls = [f"cafile {wd / 'ca.pem'}", f"certfile {wd / 'server.pem'}", f"keyfile {wd / 'server.key'}",
+               "tls_version tlsv1.2"]  # fmt: skip
         lines = [
             "# Written by cloud_sync.devservers.mosquitto_server for one FaceFare test or demo broker.",
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {wd / 'passwd'}",
-            f"acl_file {wd / 'acl'}",
+            "per_listener_settings true",
             "persistence true",
             f"persistence_location {wd}/",
             "persistence_file mosquitto.db",
             "autosave_interval 60",
             "max_queued_messages 100000",
+            # Nothing larger than the protocol accepts is stored or forwarded (retained or not).
+            f"message_size_limit {MAX_PAYLOAD_BYTES}",
             f"log_dest file {wd / 'mosquitto.log'}",
             "log_type error",
             "log_type warning",
@@ -309,11 +325,21 @@ class MosquittoServer(ServerProcess):
             "log_type information",
             "connection_messages true",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "",
+            "# Buses and the dashboard: the client id is the user name, so no one takes over another's session.",
             f"listener {self.port} {self.host}",
-            f"cafile {wd / 'ca.pem'}",
-            f"certfile {wd / 'server.pem'}",
-            f"keyfile {wd / 'server.key'}",
-            "tls_version tlsv1.2",
+            "allow_anonymous false",
+            "use_username_as_clientid true",
+            f"password_file {wd / 'passwd'}",
+            f"acl_file {wd / 'acl'}",
+            *tls,
+            "",
+            "# The cloud's own services (ledger, enrollment): trusted, several client ids.",
+            f"listener {self.cloud_port} {self.host}",
+            "allow_anonymous false",
+            f"password_file {wd / 'passwd-cloud'}",
+            f"acl_file {wd / 'acl-cloud'}",
+            *tls,
         ]
         if os.geteuid() == 0:
             # As root Mosquitto would switch to user "mosquitto", which cannot read a private work dir.
@@ -330,8 +356,10 @@ class MosquittoServer(ServerProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.ca_file.exists():
             self._write_certs()
-        self._write_password_file(mosquitto_passwd)
+        self._write_password_file(mosquitto_passwd, "passwd", ("bus", "dashboard"))
+        self._write_password_file(mosquitto_passwd, "passwd-cloud", ("cloud",))
         (self.workdir / "acl").write_text(self.acl_text())
+        (self.workdir / "acl-cloud").write_text(self.cloud_acl_text())
         self.conf_file.write_text(self.conf_text())
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         with open(self._stderr, "ab") as err:

@@ -28,6 +28,7 @@ bus charges anyone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -46,6 +47,7 @@ from cloud_sync.sealing import seal, unseal
 from cloud_sync.sqlite_schema import schema, statements, upgrade
 from edge.faces.fast_match import QuantizedGallery
 from edge.faces.match import Gallery, Match
+from edge.files import InsecureFileError, private_file
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ class BusGallery:
         bus_key: Ed25519PrivateKey | None = None,
         sync_timeout_s: float = 10.0,
         fast_min_size: int = 20_000,
+        busy_timeout_s: float = 5.0,
+        resync_backoff_s: float = 2.0,
     ) -> None:
         self.path = Path(path)
         self.bus_id = bus_id
@@ -125,8 +129,40 @@ class BusGallery:
         self._syncing_since: float | None = None
         self._head = 0
         self.wiped = False  # the store was emptied for a new model: ask the cloud for everything
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.corrupt_detail: str | None = None  # why a damaged gallery was discarded at start
+        self.resync_backoff_s = resync_backoff_s
+        #: (base, version) of every delta applied since this object was made, in order (tests, audits).
+        self.applied: list[tuple[int, int]] = []
+        self._resync_timer: threading.Timer | None = None
+        self._busy_timeout_s = busy_timeout_s
+        try:
+            self._open()
+            self._riders: dict[str, tuple[str, np.ndarray]] = self._load()
+        except InsecureFileError:
+            raise
+        except Exception as exc:
+            # A damaged gallery is no reason to stop the bus: the cloud holds every template. It is
+            # discarded (not kept aside: it may hold erased riders' templates) and resent whole.
+            log.error("gallery %s is damaged (%s: %s); discarding it and asking the cloud for a full resend",
+                      self.path, type(exc).__name__, exc)  # fmt: skip
+            self.corrupt_detail = f"{type(exc).__name__}: {exc}"[:200]
+            with contextlib.suppress(Exception):
+                self.db.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self._open()
+            self._riders = self._load()
+            self.wiped = True  # connected() asks for everything since version 0
+        self._gallery: Gallery | QuantizedGallery = self._build()
+        self._stale = False
+        self._generation = 0
+        self._templates = sum(len(e) for _, e in self._riders.values())
+        self._timer: threading.Timer | None = None
+
+    def _open(self) -> None:
+        private_file(self.path, "bus gallery")  # encrypted templates and rider ids: owner only (0600)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                  timeout=self._busy_timeout_s)  # fmt: skip
         # WAL: one fsync per applied delta; after an erasure the WAL is checkpointed and truncated so
         # the erased templates' pages survive nowhere (secure_delete zeroes them in the database).
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON", "foreign_keys=ON"):
@@ -134,12 +170,6 @@ class BusGallery:
         upgrade(self.db, MIGRATIONS, f"bus gallery {self.path}")
         self._check_model()
         self._version = int(self._meta("version", "0"))
-        self._riders: dict[str, tuple[str, np.ndarray]] = self._load()
-        self._gallery: Gallery | QuantizedGallery = self._build()
-        self._stale = False
-        self._generation = 0
-        self._templates = sum(len(e) for _, e in self._riders.values())
-        self._timer: threading.Timer | None = None
 
     def _meta(self, key: str, default: str = "") -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -250,8 +280,10 @@ class BusGallery:
             self._head = 0
         if client is not None:
             client.subscribe(topic_for("gallery", self.bus_id), qos=1)
-        if self.wiped and self.version == 0:
-            self.send_ack(resync=True)
+        # Always say which version we hold: deltas expire at the broker, so a bus away for longer
+        # than their expiry gets none queued (maybe no retained head either); the cloud then
+        # resends the changes since this version. A first start or a wiped store asks outright.
+        self.send_ack(resync=self.wiped and self.version == 0)
 
     @property
     def ready(self) -> bool:
@@ -325,7 +357,37 @@ class BusGallery:
         if retained:
             with self.lock:
                 self._head = max(self._head, env.body.version)
-        return self.apply(env.body)
+        try:
+            return self.apply(env.body)
+        except Exception as exc:
+            # gallery.db locked past its timeout, a full disk...: the delta is lost with this
+            # message (the broker has it as delivered), so ask the cloud again from this version.
+            self.rejected["apply_failed"] += 1
+            log.exception("gallery %s: delta %d->%d could not be applied (%s); asking for a resync", self.bus_id,
+                          env.body.base_version, env.body.version, exc)  # fmt: skip
+            self._resync_soon(env.body.version)
+            return "failed"
+
+    def _resync_soon(self, wanted: int, delay_s: float | None = None) -> None:
+        """Ask the cloud for the changes since our version after ``delay_s``, again with a doubling
+        delay (at most 5 min) until the gallery reaches ``wanted``."""
+        delay = self.resync_backoff_s if delay_s is None else delay_s
+
+        def fire() -> None:
+            if self.version >= wanted:
+                return
+            try:
+                self.send_ack(resync=True)
+            except Exception:
+                log.exception("gallery %s: cannot ask for a resync", self.bus_id)
+            self._resync_soon(wanted, min(delay * 2, 300.0))
+
+        with self.lock:
+            if self._resync_timer is not None:
+                self._resync_timer.cancel()
+            self._resync_timer = threading.Timer(delay, fire)
+            self._resync_timer.daemon = True
+            self._resync_timer.start()
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
@@ -397,6 +459,7 @@ class BusGallery:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._riders = riders
         self._version = body.version
+        self.applied.append((body.base_version, body.version))
         self._generation += 1
         self._templates = sum(len(e) for _, e in riders.values())
         if erased:  # erasures reach the matcher now, in one assignment; the rest with the rebuild
@@ -430,5 +493,7 @@ class BusGallery:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._resync_timer is not None:
+            self._resync_timer.cancel()
         with self.lock:
             self.db.close()

@@ -41,7 +41,7 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,8 +51,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlite_utils import Database
 
 from edge.fares import rules as fares
-from edge.fares.record import FARE_COLUMNS, epoch_ms, fare_id_for, from_epoch_ms, rules_digest
+from edge.fares.record import FARE_COLUMNS, ID_PATTERN, epoch_ms, fare_id_for, from_epoch_ms, rules_digest
 from edge.fares.rules import Boarding, FaresConfig, Outcome, PastFare, Quote, Reason, RiderState
+from edge.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ HISTORY_SPAN = timedelta(days=8)
 MIN_SQLITE = (3, 37, 0)  # STRICT tables
 #: Charges are refused when less than this is free on the ledger's disk (see Ledger._check_free_space).
 DEFAULT_MIN_FREE_BYTES = 8 * 1024 * 1024
+#: A wall clock further than this from the monotonic record is a step (see Ledger._trusted_time).
+CLOCK_STEP_TOLERANCE = timedelta(minutes=2)
 #: The WAL is truncated back to this size after a checkpoint.
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
@@ -75,7 +78,9 @@ class LedgerConfig(BaseModel):
         None, description="SQLite file; default <data_dir>/ledger.db; a relative path is under data_dir"
     )
     bus_id: str = Field(
-        default_factory=socket.gethostname, min_length=1, description="This bus, in fare ids (default: hostname)"
+        default_factory=socket.gethostname,
+        pattern=ID_PATTERN,
+        description="This bus, in fare ids and MQTT topics (default: hostname): letters, digits, '_.-', at most 64",
     )
     max_bytes: int | None = Field(
         None,
@@ -231,6 +236,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        2,
+        "fares that left the outbox unacknowledged: refused by the cloud or quarantined on the bus",
+        (
+            # An outbox row used to leave only through acks, so a fare the cloud refused for good
+            # looked acknowledged. Now it leaves through fare_rejections, which says who and why.
+            """CREATE TABLE fare_rejections (
+                seq INTEGER PRIMARY KEY,
+                fare_id TEXT NOT NULL UNIQUE REFERENCES fares (fare_id),
+                source TEXT NOT NULL CHECK (source IN ('cloud', 'bus')),
+                reason TEXT NOT NULL,
+                at TEXT NOT NULL
+            ) STRICT""",
+            *_append_only("fare_rejections"),
+            "DROP TRIGGER outbox_leaves_only_when_acked",
+            """CREATE TRIGGER outbox_leaves_only_when_acked BEFORE DELETE ON outbox
+                WHEN NOT EXISTS (SELECT 1 FROM acks WHERE acks.fare_id = OLD.fare_id)
+                 AND NOT EXISTS (SELECT 1 FROM fare_rejections r WHERE r.fare_id = OLD.fare_id)
+                BEGIN SELECT RAISE(ABORT, 'an outbox row leaves only when the cloud acknowledges it'); END""",
+        ),
+    ),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 _INSERT_FARE = (
@@ -263,6 +291,8 @@ class Ledger:
         busy_timeout_ms: int = 5000,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         readonly: bool = False,
+        monotonic_ns: Callable[[], int] | None = None,
+        check_integrity: bool = False,
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise LedgerError(f"SQLite {sqlite3.sqlite_version} is too old; the ledger needs 3.37 or newer")
@@ -271,21 +301,49 @@ class Ledger:
         self.bus_id = bus_id
         self.readonly = readonly
         self.min_free_bytes = min_free_bytes
+        #: With ``monotonic_ns`` (the bus's charging ledger, times from the wall clock; e.g.
+        #: ``time.monotonic_ns``, integers: no float in the money path), boarding times are
+        #: checked against a monotonic record: see :meth:`_trusted_time`.
+        self._monotonic_ns = monotonic_ns
+        self._clock_ref: tuple[datetime, int] | None = None
+        #: The last clock step found (None: none since start), for the heartbeat and the driver.
+        self.clock_fault: str | None = None
         self._digest = rules_digest(self.rules)
+        #: Why this ledger may not charge (a failed integrity check at start), or None.
+        self.corrupt: str | None = None
+        try:
+            self._open(readonly, max_bytes, busy_timeout_ms, check_integrity)
+        except sqlite3.Error as exc:
+            hint = ("the disk may be full: free space on it (read-only 'facefare ledger show' still works)"
+                    if "I/O" in str(exc) or "full" in str(exc) else
+                    "the file may be damaged: keep it for recovery and see docs/security.md")  # fmt: skip
+            raise LedgerError(f"ledger {self.path} cannot be opened: {exc}; {hint}") from exc
+
+    def _open(self, readonly: bool, max_bytes: int | None, busy_timeout_ms: int, check_integrity: bool) -> None:
         memory = self.path == ":memory:"
         if readonly:
             if memory or not Path(self.path).exists():
                 raise LedgerError(f"no ledger at {self.path}")
-            conn = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)  # fmt: skip
+            conn = self._connect_readonly()
         else:
             if not memory:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                private_file(self.path, "bus ledger")  # rider ids and fares: owner only (0600)
             # Explicit transactions only. A Ledger may be created in one thread and used in another
             # (edge.door.node's ledger thread) but by one thread at a time: give each thread its own Ledger.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db = Database(conn)
         self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if check_integrity and not memory and not readonly:
+            try:
+                found = "; ".join(r[0] for r in self.db.execute("PRAGMA quick_check").fetchall())
+            except sqlite3.DatabaseError as exc:
+                found = str(exc)
+            if found != "ok":
+                # Keep every byte for recovery; charge no one (riders are sent to the driver).
+                self.corrupt = found[:200]
+                log.critical("ledger %s failed its integrity check (%s): no charges until it is recovered; the "
+                             "file is kept as it is (see docs/security.md)", self.path, self.corrupt)  # fmt: skip
+                return
         if not readonly:
             if not memory:
                 self.db.enable_wal()
@@ -302,6 +360,23 @@ class Ledger:
                 f"ledger {self.path} has schema v{version}, this software reads v{SCHEMA_VERSION}"
                 + ("; open it read-write once to migrate" if readonly and version < SCHEMA_VERSION else "")
             )
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection; on a full disk, where SQLite cannot create the WAL index it needs,
+        the file is read as immutable instead (what was checkpointed into it; a WAL is then ignored)."""
+        uri = Path(self.path).resolve().as_uri()
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            wal = Path(self.path + "-wal")
+            unseen = " (its WAL holds changes not shown)" if wal.exists() and wal.stat().st_size else ""
+            log.warning("ledger %s: read-only open failed (%s); reading the file as immutable%s", self.path, exc,
+                        unseen)  # fmt: skip
+            return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
 
     def close(self) -> None:
         self.db.close()
@@ -379,7 +454,13 @@ class Ledger:
         ``replayed=True`` and charges nothing. If the ledger cannot store the charge (disk
         full, I/O error), the rider is refused with a clear message and an ERROR is logged.
         """
+        if self._monotonic_ns is not None:
+            at = self._trusted_time(at, self._monotonic_ns())
         fid = fare_id or fare_id_for(self.bus_id, trip_id, rider_id, at)
+        if self.corrupt is not None:
+            log.error("ledger %s is corrupt (%s): refused rider %s", self.path, self.corrupt, rider_id)
+            reason, cur = Reason.UNAVAILABLE, self.rules.currency
+            return FareDecision(fid, Outcome.REFUSED, 0, cur, reason, fares.rider_message(reason, 0, cur))
         try:
             decision = self._charge(fid, trip_id, Boarding(rider_id, route_id, at, concession))
         except (sqlite3.Error, LedgerUnavailable) as exc:
@@ -392,6 +473,34 @@ class Ledger:
                 decision.outcome.value, decision.amount_minor, decision.reason.value,
                 " replayed" if decision.replayed else "")
         return decision
+
+    def _trusted_time(self, at: datetime, mono_ns: int) -> datetime:
+        """The boarding time to charge with, never from a clock that stepped.
+
+        Buses without a real-time clock can boot with a wrong time, and a clock can be set wrong.
+        Within this process the wall clock must advance with the monotonic clock: a step of more
+        than :data:`CLOCK_STEP_TOLERANCE` either way is a fault (logged as an ERROR, shown in the
+        heartbeat's ``clock``) and the time goes on from the monotonic clock instead. At the first
+        charge after a start, a time before the newest boarding in the ledger is a step back and
+        goes on from that boarding. So a step never makes dedupe, transfer or cap rules see one
+        boarding as two (the same rider seconds later is still a duplicate; the day is the same day).
+        """
+        trusted = at
+        if self._clock_ref is not None:
+            expected = self._clock_ref[0] + timedelta(microseconds=(mono_ns - self._clock_ref[1]) // 1000)
+            if abs(at - expected) > CLOCK_STEP_TOLERANCE:
+                trusted = expected
+        else:
+            newest = self.db.execute("SELECT MAX(boarded_ms) FROM fares").fetchone()[0]
+            if newest is not None and at < from_epoch_ms(newest) - CLOCK_STEP_TOLERANCE:
+                trusted = from_epoch_ms(newest).astimezone(at.tzinfo)
+        if trusted != at:
+            step_s = (at - trusted) // timedelta(seconds=1)
+            self.clock_fault = (f"wall clock stepped {step_s:+d} s at {trusted.isoformat()}; "
+                                "charging on the monotonic clock until restart")[:200]  # fmt: skip
+            log.error("ledger %s: %s", self.path, self.clock_fault)
+        self._clock_ref = (trusted, mono_ns)
+        return trusted
 
     def _charge(self, fid: str, trip_id: str, boarding: Boarding) -> FareDecision:
         stored = self._fare_row(fid)  # a replay is a read: it is answered even on a full disk
@@ -488,13 +597,16 @@ class Ledger:
             sql += f" LIMIT {int(limit)}"
         return [{**r, "payload": json.loads(r["payload"])} for r in self.db.query(sql)]
 
-    def ack(self, fare_ids: Iterable[str]) -> int:
+    def ack(self, fare_ids: Iterable[str], rejected: dict[str, str] | None = None) -> int:
         """The cloud has these fares: record the acknowledgements and empty their outbox rows.
 
-        Returns how many were newly acknowledged; ids already acknowledged or unknown are
-        ignored (logged), so a repeated ack from the cloud is harmless.
+        ``rejected`` (fare id -> reason) are fares the cloud refused for good: they leave the
+        outbox too, but are recorded in ``fare_rejections`` (source ``cloud``), not as acknowledged,
+        so ``facefare ledger show`` lists them for the operator. Returns how many rows left the
+        outbox; ids already settled or unknown are ignored (logged), so a repeated ack is harmless.
         """
-        ids = list(dict.fromkeys(fare_ids))
+        rejected = dict(rejected or {})
+        ids = list(dict.fromkeys([*fare_ids, *rejected]))
         done = 0
         try:
             with self._write():
@@ -502,7 +614,14 @@ class Ledger:
                 for fid in ids:
                     if self.db.execute("SELECT 1 FROM outbox WHERE fare_id = ?", [fid]).fetchone() is None:
                         continue
-                    self.db.execute("INSERT OR IGNORE INTO acks (fare_id, acked_at) VALUES (?, ?)", [fid, at])
+                    if fid in rejected:
+                        self.db.execute(
+                            "INSERT OR IGNORE INTO fare_rejections (fare_id, source, reason, at) "
+                            "VALUES (?, 'cloud', ?, ?)",
+                            [fid, str(rejected[fid])[:200], at],
+                        )
+                    else:
+                        self.db.execute("INSERT OR IGNORE INTO acks (fare_id, acked_at) VALUES (?, ?)", [fid, at])
                     self.db.execute("DELETE FROM outbox WHERE fare_id = ?", [fid])
                     done += 1
         except sqlite3.Error as exc:
@@ -512,6 +631,31 @@ class Ledger:
             log.warning("ledger %s: %d of %d acknowledged fares were not in the outbox", self.path,
                         len(ids) - done, len(ids))
         return done
+
+    def quarantine(self, fare_id: str, reason: str) -> bool:
+        """Take a fare the protocol refuses out of the outbox, so it stops blocking the fares after it.
+
+        The fare stays in ``fares`` (the rider was charged; nothing is lost) and is recorded in
+        ``fare_rejections`` with source ``bus``; ``facefare ledger show`` lists it for the operator.
+        Returns whether a row left the outbox.
+        """
+        with self._write():
+            if self.db.execute("SELECT 1 FROM outbox WHERE fare_id = ?", [fare_id]).fetchone() is None:
+                return False
+            self.db.execute(
+                "INSERT OR IGNORE INTO fare_rejections (fare_id, source, reason, at) VALUES (?, 'bus', ?, ?)",
+                [fare_id, reason[:200], _now()],
+            )
+            self.db.execute("DELETE FROM outbox WHERE fare_id = ?", [fare_id])
+        log.error("ledger %s: fare %s quarantined (%s); it stays in the ledger, not sent", self.path, fare_id, reason)
+        return True
+
+    def rejections(self) -> list[dict[str, Any]]:
+        """Fares that left the outbox without the cloud's acknowledgement: who refused them and why."""
+        return list(self.db.query(
+            "SELECT r.fare_id, r.source, r.reason, r.at, f.rider_id, f.amount_minor, f.currency, f.service_day "
+            "FROM fare_rejections r JOIN fares f ON f.fare_id = r.fare_id ORDER BY r.seq"
+        ))  # fmt: skip
 
     # -- deny list -------------------------------------------------------------------------
 
@@ -595,7 +739,9 @@ class Ledger:
         """Counts for a quick look: fares, outbox, acks, denied riders, schema version, bytes on disk."""
         count = self.db.execute(
             "SELECT (SELECT COUNT(*) FROM fares), (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM acks), "
-            "(SELECT COUNT(*) FROM deny_list)"
+            "(SELECT COUNT(*) FROM deny_list), "
+            "(SELECT COUNT(*) FROM fare_rejections WHERE source = 'cloud'), "
+            "(SELECT COUNT(*) FROM fare_rejections WHERE source = 'bus')"
         ).fetchone()
         return {
             "path": self.path,
@@ -605,6 +751,8 @@ class Ledger:
             "outbox": count[1],
             "acks": count[2],
             "denied_riders": count[3],
+            "rejected_by_cloud": count[4],
+            "quarantined": count[5],
             "bytes_on_disk": self.size_bytes(),
         }
 

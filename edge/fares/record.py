@@ -17,6 +17,11 @@ from edge.fares.rules import FaresConfig
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FARE_ID_NAMESPACE = uuid.UUID("6f1c2a4e-9b3d-5e8f-a1c7-3d2b4f6e8a90")
 
+#: What the wire (cloud_sync.protocol) accepts for an id (bus, rider) and for free text (route,
+#: trip...): the bus's config is held to the same, so the bus never records a fare it cannot send.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TEXT_MAX = 200
+
 #: The fields of a fare, in the order every store and message uses.
 FARE_COLUMNS: tuple[str, ...] = (
     "fare_id",  # fare_id_for(bus, trip, rider, boarding second): the same boarding, the same id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import click
 
 from facefare.cli.context import Context, pass_ctx
@@ -25,7 +27,8 @@ def bus_run(ctx: Context) -> None:
 
     try:
         stats = run_bus(ctx.cfg)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
+        # Name the file and what to do (LedgerError, InsecureFileError, ...), never a bare traceback.
         raise click.ClickException(str(exc)) from None
     click.echo(f"stopped after {stats.frames} frames; {len(stats.decisions)} decisions, "
                f"{sum(d.action == 'charge' for d in stats.decisions)} charged")  # fmt: skip

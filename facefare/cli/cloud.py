@@ -155,8 +155,9 @@ def _take_gallery_acks(cfg: Any, service: Any) -> Any:
         log.warning("embedding model unavailable (%s): gallery resend requests will be logged only", exc)
         model_sha256 = ""
     store = wiring.template_store(cfg)
-    dist = GalleryDistributor(store, service.key, model_sha256, delta_bytes=cfg.enrollment.delta_bytes)
-    dist.publish = lambda topic, payload: service.client.publish(topic, payload, qos=1, retain=True)
+    dist = GalleryDistributor(store, service.key, model_sha256, delta_bytes=cfg.enrollment.delta_bytes,
+                              delta_expiry_s=cfg.enrollment.delta_expiry_s)  # fmt: skip
+    dist.publish = lambda topic, payload: dist.publish_with(service.client, topic, payload)
     service.on("gallery_ack", lambda env: dist.acknowledge(env.sender, env.body))
     return store
 

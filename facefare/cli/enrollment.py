@@ -61,7 +61,8 @@ def _distributor(cfg: Any, store: Any, model_sha256: str | None = None, *, conne
 
         model_sha256 = wiring.face_engine(cfg).embedder_sha256
     dist = GalleryDistributor(store, cloud_key, model_sha256, bus_keys=_bus_keys(cfg),
-                              delta_bytes=cfg.enrollment.delta_bytes)  # fmt: skip
+                              delta_bytes=cfg.enrollment.delta_bytes,
+                              delta_expiry_s=cfg.enrollment.delta_expiry_s)  # fmt: skip
     if connect:
         from cloud_sync.mqtt import MqttConnectError
         from cloud_sync.mqtt import connect as mqtt_connect
@@ -333,17 +334,19 @@ def buses(ctx: Context) -> None:
 @enrollment.command("add-operator")
 @click.argument("name")
 @click.password_option(help="The operator's password (asked twice if not given).")
+@click.option("--role", type=click.Choice(["operator", "read-only"]), default="operator", show_default=True,
+              help="operator: enroll and erase; read-only: look riders and erasures up.")  # fmt: skip
 @pass_ctx
-def add_operator_cmd(ctx: Context, name: str, password: str) -> None:
+def add_operator_cmd(ctx: Context, name: str, password: str, role: str) -> None:
     """Create or change an operator account of the HTTP API."""
     from enrollment.api import add_operator
 
     cfg = ctx.cfg
     try:
-        add_operator(_store(cfg), name, password)
+        add_operator(_store(cfg), name, password, role)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"operator {name} saved")
+    click.echo(f"{role} {name} saved")
 
 
 @enrollment.command("audit")

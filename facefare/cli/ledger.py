@@ -99,7 +99,15 @@ def show(ctx: Context, db_path: Path | None, groups: tuple[GroupBy, ...], day: s
         st = led.stats()
         click.echo(f"ledger {st['path']}  (schema v{st['schema_version']}, {_size(st['bytes_on_disk'])} on disk)")
         click.echo(f"fares {st['fares']}  waiting for the cloud {st['outbox']}  acknowledged {st['acks']}  "
+                   f"refused by the cloud {st['rejected_by_cloud']}  quarantined {st['quarantined']}  "
                    f"denied riders {st['denied_riders']}")
+        refused = led.rejections()
+        if refused:
+            click.echo("\nFares not acknowledged: refused by the cloud for good, or quarantined on the bus "
+                       "(charged here, not in the cloud ledger; see docs/security.md)")
+            click.echo(_table([[r["fare_id"], r["source"], r["reason"], r["rider_id"], r["service_day"],
+                                format_money(r["amount_minor"], r["currency"])] for r in refused],
+                              ["fare", "refused by", "reason", "rider", "day", "amount"]))  # fmt: skip
         for by in groups or GROUPS:
             totals = led.totals(by, day=day, route=route, rider=rider)
             if by == "rider":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -141,3 +142,67 @@ def test_a_lost_bus_gets_its_last_will_published(mosquitto: MosquittoServer) -> 
     finally:
         cloud.disconnect()
         cloud.loop_stop()
+
+
+# -- issue 19, defect 7 --------------------------------------------------------------------------
+
+
+def test_one_bus_password_cannot_take_over_another_bus_session(mosquitto: MosquittoServer) -> None:
+    """bus-1's password with client id 'bus-2' took over bus-2's session: they kicked each other
+    off and bus-2's queued acks were lost. The client id is now always the user name."""
+    acks = topic_for("ack", "bus-2")
+    bus2 = mqtt.connect(mosquitto.config_for("bus-2"), "bus-2", timeout_s=5)
+    mqtt.subscribe(bus2, [(acks, 1)])
+    bus2.disconnect()
+    bus2.loop_stop()
+    cloud = mqtt.connect(mosquitto.config_for("cloud"), "cloud", clean_start=True, timeout_s=5)
+    cloud.publish(acks, b"queued for bus-2", qos=1).wait_for_publish(5)
+
+    thief_inbox = Inbox()
+    thief = mqtt.make_client(mosquitto.config_for("bus-1"), "bus-2")  # bus-1's password, bus-2's client id
+    thief.on_message = thief_inbox.on_message
+    mqtt.wait_connected(thief, timeout_s=5)
+    inbox = Inbox()
+    bus2 = mqtt.make_client(mosquitto.config_for("bus-2"), "bus-2")
+    bus2.on_message = inbox.on_message
+    mqtt.wait_connected(bus2, timeout_s=5)
+    try:
+        assert inbox.wait_for(acks).payload == b"queued for bus-2"
+        assert thief_inbox.topics() == []
+        assert thief.is_connected() and bus2.is_connected()  # neither kicked the other off
+    finally:
+        for c in (thief, bus2, cloud):
+            c.disconnect()
+            c.loop_stop()
+
+
+def test_oversize_messages_are_not_stored_and_the_dashboard_cannot_publish(mosquitto: MosquittoServer) -> None:
+    """A 20 MiB retained status was stored and sent to every subscriber; the read-only dashboard
+    user could publish retained messages under bus/dashboard/#."""
+    from cloud_sync.protocol import MAX_PAYLOAD_BYTES
+
+    bus = mqtt.connect(mosquitto.config_for("bus-1"), "bus-1", clean_start=True, timeout_s=5)
+    dash = mqtt.connect(mosquitto.config_for("dashboard"), "dashboard", clean_start=True, timeout_s=5)
+    try:
+        status = topic_for("heartbeat", "bus-1")
+        info = bus.publish(status, b"x" * (MAX_PAYLOAD_BYTES + 1), qos=1, retain=True)
+        with contextlib.suppress(RuntimeError, ValueError):  # the broker refuses it (and may drop the client)
+            info.wait_for_publish(5)
+        dash.publish("facefare/v1/bus/dashboard/status", b"fake", qos=1, retain=True).wait_for_publish(5)
+        bus.disconnect()
+        bus.loop_stop()
+        bus = mqtt.connect(mosquitto.config_for("bus-1"), "bus-1", clean_start=True, timeout_s=5)
+        bus.publish(topic_for("decision", "bus-1"), b"marker", qos=1, retain=True).wait_for_publish(5)
+        inbox = Inbox()
+        cloud = mqtt.make_client(mosquitto.config_for("cloud"), "cloud", clean_start=True)
+        cloud.on_message = inbox.on_message
+        mqtt.wait_connected(cloud, timeout_s=5)
+        mqtt.subscribe(cloud, [("facefare/v1/#", 1)])
+        inbox.wait_for(topic_for("decision", "bus-1"))  # the retained marker arrived: the others would have too
+        assert inbox.topics() == [topic_for("decision", "bus-1")]
+        cloud.disconnect()
+        cloud.loop_stop()
+    finally:
+        for c in (bus, dash):
+            c.disconnect()
+            c.loop_stop()

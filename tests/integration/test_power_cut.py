@@ -140,6 +140,9 @@ class KillLoop:
                 self.acked.update(rest)
 
     def check(self) -> None:
+        if not self.db.exists():  # killed before it created the file: nothing to check (and connecting
+            assert not self.given  # would create it 0644, which the ledger then refuses: edge/files.py)
+            return
         conn = sqlite3.connect(self.db)  # a fresh connection, as after a reboot
         try:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -142,17 +145,25 @@ def test_forged_expired_or_orphaned_session_is_refused(state: FleetState, users:
     assert client.get("/api/me").status_code == 401
 
 
-def test_passwords_are_stored_as_salted_scrypt_hashes(users: UserStore) -> None:
+def test_passwords_are_argon2id_hashes_and_old_scrypt_ones_still_work(users: UserStore, tmp_path: Path) -> None:
     raw = users.path.read_text()
     assert "correct horse" not in raw and "battery staple" not in raw
     assert stat.S_IMODE(users.path.stat().st_mode) == 0o600
     entry = json.loads(raw)["users"]["alice"]
-    assert entry["role"] == "admin" and entry["hash"].startswith("scrypt$")
+    assert entry["role"] == "admin" and entry["hash"].startswith("$argon2id$")
     assert verify_password("correct horse", entry["hash"]) and not verify_password("correct horsE", entry["hash"])
     with pytest.raises(AuthError, match="too short"):
         users.set_user("eve", "short", "admin")
     with pytest.raises(AuthError, match="role"):
         users.set_user("eve", "long enough", "root")  # type: ignore[arg-type]
+    # A users file of an earlier version (scrypt): the login works and upgrades the hash to argon2id.
+    legacy = "scrypt$16384$8$1$" + base64.b64encode(b"s" * 16).decode() + "$" + base64.b64encode(
+        hashlib.scrypt(b"old password", salt=b"s" * 16, n=2**14, r=8, p=1, dklen=32)).decode()  # fmt: skip
+    old = UserStore(tmp_path / "old.json")
+    old.path.write_text(json.dumps({"users": {"olga": {"role": "admin", "hash": legacy}}}))
+    assert old.authenticate("olga", "old password") is not None
+    assert json.loads(old.path.read_text())["users"]["olga"]["hash"].startswith("$argon2id$")
+    assert old.authenticate("olga", "old password") is not None and old.authenticate("olga", "wrong") is None
 
 
 def test_oversized_login_form_is_refused(state: FleetState, users: UserStore) -> None:
@@ -165,6 +176,51 @@ def test_login_attempts_are_limited(state: FleetState, users: UserStore) -> None
     codes = [login(client, "alice", f"guess {i}").status_code for i in range(11)]
     assert codes == [401] * 10 + [429]
     assert login(client, "alice", "correct horse").status_code == 429  # even the right one, for a minute
+
+
+def test_parallel_guesses_are_counted_before_the_password_is_checked(state: FleetState, users: UserStore) -> None:
+    """Defect 9: 60 parallel guesses from one address were all checked (the count came after)."""
+    client = client_for(state, users)
+    with ThreadPoolExecutor(30) as pool:
+        codes = list(pool.map(lambda i: login(client, "alice", f"guess {i}").status_code, range(60)))
+    assert codes.count(401) <= 10 and codes.count(429) >= 50, sorted(codes)
+
+
+def test_a_user_name_is_limited_from_any_address_and_the_right_password_works_after_the_window(
+    state: FleetState, users: UserStore
+) -> None:
+    app = create_app(state, users, Sessions(b"s" * 32, 3600), clock=lambda: NOW, login_limit="3/5 seconds")
+    first = TestClient(app, follow_redirects=False, client=("10.0.0.1", 1))
+    other = TestClient(app, follow_redirects=False, client=("10.0.0.2", 1))
+    assert [login(first, "alice", f"g{i}").status_code for i in range(3)] == [401] * 3
+    assert login(other, "alice", "another guess").status_code == 429  # per user, whichever the address
+    time.sleep(5.1)  # the window (long enough that 3 slow password checks under load stay inside it)
+    assert login(other, "alice", "correct horse").status_code == 303
+
+
+def test_logout_revokes_the_session_even_for_a_copied_cookie(state: FleetState, users: UserStore) -> None:
+    """Defect 13: a copied cookie kept working after logout until it expired."""
+    client = client_for(state, users)
+    login(client, "bob", "battery staple")
+    stolen = client.cookies[COOKIE]
+    assert client.post("/logout").status_code == 303
+    thief = TestClient(client.app, follow_redirects=False)
+    thief.cookies.set(COOKIE, stolen)
+    assert thief.get("/api/me").status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"},
+                                     {"origin": "null"}])  # fmt: skip
+def test_cross_site_login_posts_are_refused(state: FleetState, users: UserStore, headers: dict[str, str]) -> None:
+    """Defect 13: login CSRF (another site logging the browser in as the attacker)."""
+    client = client_for(state, users)
+    r = client.post("/login", content="username=alice&password=correct+horse",
+                    headers={"content-type": "application/x-www-form-urlencoded", **headers})  # fmt: skip
+    assert r.status_code == 403 and COOKIE not in r.cookies
+    same = client.post("/login", content="username=alice&password=correct+horse",
+                       headers={"content-type": "application/x-www-form-urlencoded", "origin": "http://testserver",
+                                "sec-fetch-site": "same-origin"})  # fmt: skip
+    assert same.status_code == 303
 
 
 def test_add_user_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

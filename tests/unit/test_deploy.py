@@ -106,3 +106,44 @@ def test_scripts_parse() -> None:
         assert path.stat().st_mode & 0o111, f"{script} is not executable"
         result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
+
+
+CLOUD_UNITS = ("facefare-cloud.service", "facefare-enrollment.service", "facefare-dashboard.service")
+
+
+@pytest.mark.parametrize("name", CLOUD_UNITS)
+def test_cloud_services_have_units_with_the_bus_units_hardening(name: str, tmp_path: Path) -> None:
+    """Issue 19, defect 14: the cloud services had no units; they get the bus's hardening and UMask 0077."""
+    bus, unit = unit_keys(UNIT)["Service"], unit_keys(ROOT / "deploy" / name)["Service"]
+    hardening = ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ProtectKernelTunables",
+                 "ProtectKernelModules", "ProtectControlGroups", "RestrictSUIDSGID", "RestrictNamespaces",
+                 "LockPersonality", "CapabilityBoundingSet", "User")  # fmt: skip
+    for key in hardening:
+        assert unit[key] == bus[key], key
+    assert unit["UMask"] == ["0077"] and unit["Restart"] == ["always"]
+    if shutil.which("systemd-analyze") is not None:
+        text = (ROOT / "deploy" / name).read_text()
+        text = text.replace("/opt/facefare/venv/bin/facefare", f"{sys.executable} -m facefare.cli")
+        (tmp_path / name).write_text(text)
+        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
+                                timeout=30)  # fmt: skip
+        assert "Unknown key" not in result.stderr and "Unknown section" not in result.stderr, result.stderr
+
+
+def test_the_production_broker_config_has_the_settings_the_broker_tests_check() -> None:
+    """Issue 19, defect 7: the reference Mosquitto config binds client ids to users on the bus
+    listener, caps messages at the protocol's limit and gives the dashboard no write rule."""
+    from cloud_sync.devservers.mosquitto_server import DASHBOARD_TOPICS
+    from cloud_sync.protocol import MAX_PAYLOAD_BYTES, PREFIX
+
+    conf = (ROOT / "deploy" / "mosquitto" / "facefare.conf").read_text()
+    lines = [line.strip() for line in conf.splitlines() if line.strip() and not line.startswith("#")]
+    assert f"message_size_limit {MAX_PAYLOAD_BYTES}" in lines
+    assert "per_listener_settings true" in lines and lines.count("allow_anonymous false") == 2
+    bus_listener = lines[lines.index("listener 8883") : lines.index("listener 8884")]
+    assert "use_username_as_clientid true" in bus_listener
+    acl = (ROOT / "deploy" / "mosquitto" / "acl.example").read_text()
+    assert "pattern" not in [w for line in acl.splitlines() if not line.startswith("#") for w in line.split()[:1]]
+    dashboard = acl.split("user dashboard", 1)[1]
+    assert "write" not in dashboard
+    assert all(f"topic read {PREFIX}/{t}" in dashboard for t in DASHBOARD_TOPICS)

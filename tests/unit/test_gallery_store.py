@@ -271,8 +271,8 @@ def test_apply_is_atomic(tmp_path: Path, store: TemplateStore, monkeypatch: pyte
 
     monkeypatch.setattr(bg, "seal", failing_seal)
     gallery_before = bus.gallery()
-    with pytest.raises(OSError):
-        bus.handle(topic, payload)
+    assert bus.handle(topic, payload) == "failed"  # handle never raises (issue 19): it asks for a resync
+    assert bus.rejected["apply_failed"] == 1
     assert bus.version == 0 and bus.riders == [] and bus.gallery() is gallery_before
     assert bus.db.execute("SELECT COUNT(*) FROM templates").fetchone()[0] == 0
     monkeypatch.setattr(bg, "seal", real_seal)

@@ -39,12 +39,17 @@ function health(h) {
   return h.ok ? td("ok") : td("fault" + (h.detail ? ": " + h.detail : ""), "bad");
 }
 
+function skew(ms) {
+  if (ms === null || ms === undefined) return td("-");
+  return td((ms >= 0 ? "+" : "") + Math.round(ms / 1000) + " s", Math.abs(ms) > 60000 ? "num bad" : "num");
+}
+
 function renderBuses(snap) {
   const body = fillTable("buses", snap.buses.map((b) => [
     td(b.bus_id), td(b.state, "state-" + b.state), td(ago(b.last_seen_ms, snap.now_ms)), td(b.route_id || "-"),
     td(b.outbox_backlog, "num"), td(b.gallery_version, "num"),
     td(b.pending_erasures, b.pending_erasures ? "num bad" : "num"), health(b.camera), health(b.disk),
-    td(b.fares_today, "num"), td(money(b.revenue_today), "num"),
+    td(b.fares_today, "num"), td(money(b.revenue_today), "num"), skew(b.clock_skew_ms), health(b.sync || {ok: true}),
   ]));
   snap.buses.forEach((b, i) => { body.children[i].id = "bus-" + b.bus_id; });
 }
