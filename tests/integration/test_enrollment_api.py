@@ -122,6 +122,7 @@ def test_enroll_with_a_second_factor_code_never_echoes_it(api, faces_dir: Path) 
     assert res.status_code == 201, res.text
     assert "80731" not in res.text and "lookalike_of" in res.json()
     assert store.code_digest("kit") is not None and "80731" not in str(store.audit_log("kit"))
+    assert client.delete("/riders/kit", auth=AUTH).status_code == 200  # the module's store is shared
 
 
 def test_an_erased_rider_is_forgotten_at_once_by_the_api_and_after_an_erase_elsewhere(

@@ -36,8 +36,10 @@ MODEL = "a" * 64
 def v0(tmp_path: Path) -> Path:
     out = tmp_path / "v0"
     shutil.copytree(V0, out)
-    for secret in ("store.key", "users.json"):
-        (out / secret).chmod(0o600)  # git keeps no modes; the stores refuse keys others can read
+    for path in out.iterdir():
+        # git keeps no modes, and today's stores refuse files others can read (what the upgrade notes
+        # tell an operator to chmod): the files as an operator upgrading would have them.
+        path.chmod(0o600)
     return out
 
 
