@@ -114,15 +114,15 @@ def test_enroll_duplicate_refuse_and_erase(api, faces_dir: Path) -> None:
 def test_enroll_with_a_second_factor_code_never_echoes_it(api, faces_dir: Path) -> None:
     """Issue 16: the code goes in with the enrollment and comes out nowhere (not in the answer, not in the audit)."""
     client, store, _ = api
-    body = {"rider": {"rider_id": "kit"}, "photos": [photo(faces_dir, "kit_harington1.jpeg")], "code": "12"}
+    body = {"rider": {"rider_id": "kit-code"}, "photos": [photo(faces_dir, "kit_harington1.jpeg")], "code": "12"}
     bad = client.post("/riders", json=body, auth=AUTH)
-    assert bad.status_code == 422 and "4 to 8 digits" in bad.text and store.rider("kit") is None
+    assert bad.status_code == 422 and "4 to 8 digits" in bad.text and store.rider("kit-code") is None
     body["code"] = "80731"
     res = client.post("/riders", json=body, auth=AUTH)
     assert res.status_code == 201, res.text
     assert "80731" not in res.text and "lookalike_of" in res.json()
-    assert store.code_digest("kit") is not None and "80731" not in str(store.audit_log("kit"))
-    assert client.delete("/riders/kit", auth=AUTH).status_code == 200  # the module's store is shared
+    assert store.code_digest("kit-code") is not None and "80731" not in str(store.audit_log("kit-code"))
+    assert client.delete("/riders/kit-code", auth=AUTH).status_code == 200  # the module's store is shared
 
 
 def test_an_erased_rider_is_forgotten_at_once_by_the_api_and_after_an_erase_elsewhere(
