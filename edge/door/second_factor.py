@@ -148,5 +148,9 @@ class SecondFactor:
             return "refused"
         return "wrong"
 
+    def waiting(self) -> dict[int, str]:
+        """Track id -> the rider whose code that track is asked for (for a door display or the demo)."""
+        return {track: wait.rider_id for track, wait in self._waits.items()}
+
     def cancel(self, track_id: int) -> None:
         self._waits.pop(track_id, None)

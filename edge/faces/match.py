@@ -106,13 +106,12 @@ def identify_match(gallery: Gallery, query: np.ndarray, rule: Rule | None = None
 # project's impostor pairs by bench/identification.py (docs/accuracy.md: 46 people, 2,385 pairs;
 # the bootstrap over people puts mu in 0.83-0.89 and sigma in 0.085-0.117, 90 %).
 IMPOSTOR_TAIL = (0.8625, 0.1018)
-# Expected wrong charges per boarding (every boarding a stranger: the worst case). Issue 16's target
-# is 1e-6 (TARGET_FPIR); the default config runs 1e-3 for now, because at 1e-6 the face alone
-# serves only ~60 riders and the shipped clip's rider (distances 0.31-0.50) is no longer charged
-# at a 6-rider gallery's 0.343 (docs/accuracy.md): set ``[pipeline] fpir_target = 1e-6`` once the
-# second factor (issue 16 point 5) covers the riders the face then refuses.
+# Expected wrong charges per boarding (every boarding a stranger: the worst case): at most 1 in
+# 1,000,000 (issue 16's target). On the fitted tail the face alone then serves galleries up to ~60
+# riders at threshold >= 0.30; riders it cannot confirm confirm with their code (the second
+# factor, edge.door.second_factor) or see the driver. docs/accuracy.md gives the table.
 TARGET_FPIR = 1e-6
-FPIR_TARGET = 1e-3
+FPIR_TARGET = TARGET_FPIR
 MIN_FACE_THRESHOLD = 0.30  # below this the face alone refuses too many riders (docs/accuracy.md)
 
 

@@ -100,15 +100,19 @@ def test_identify_on_fixture_photos(templates, face_engine, faces_dir):
         img = faces.load_image_file(faces_dir / probe)
         rect = max(face_engine.detect(img, 1, "hog"), key=lambda d: d.rect.area).rect
         code = face_engine.embed(face_engine.chips(img, face_engine.landmarks(img, [rect], "small")))[0]
-        assert faces.identify(known, names, code) == expected
-        assert identify_match(Gallery(names, np.stack(known)), code) == expected
+        # at the default target (1e-6, threshold 0.343 for 6 riders) a far photo may be left to the
+        # second factor, but the face never names anyone else; at 1e-3 every one is named
+        assert faces.identify(known, names, code) in (expected, None)
+        assert identify_match(Gallery(names, np.stack(known)), code) == faces.identify(known, names, code)
+        loose = operating_point(len(names), fpir_target=1e-3).rule
+        assert identify_match(Gallery(names, np.stack(known)), code, loose) == expected
 
 
 # -- the operating point ------------------------------------------------------------------------------
 
 
 def test_default_target_and_the_issue_target():
-    assert FPIR_TARGET == 1e-3 and TARGET_FPIR == 1e-6
+    assert FPIR_TARGET == TARGET_FPIR == 1e-6  # the default config runs the issue's target
     # the issue's target: the face alone serves only a few dozen riders on this fit
     assert 20 <= face_alone_max_riders(TARGET_FPIR) <= 200
     assert operating_point(6, fpir_target=TARGET_FPIR).rule.threshold == pytest.approx(0.343, abs=0.005)
@@ -128,7 +132,7 @@ def test_small_gallery_runs_face_alone_large_gallery_requires_second_factor():
     assert not small.rule.second_factor and small.rule.threshold < DEFAULT_THRESHOLD
     assert small.expected_fpir <= FPIR_TARGET * (1 + 1e-9)
     limit = face_alone_max_riders()
-    assert 1_000 <= limit < 1_000_000
+    assert 20 <= limit < 1_000  # at 1e-6 the face alone serves a few dozen riders on this fit
     assert not operating_point(limit).rule.second_factor
     big = operating_point(limit + 1)
     assert big.rule.second_factor and big.rule.charges(Match("a", 0.1, 0.9)) is None
@@ -146,7 +150,7 @@ def test_operator_threshold_is_kept_but_needs_second_factor_if_over_target():
 def test_identify_follows_the_operating_point_of_its_gallery_size():
     rng = np.random.default_rng(0)
     probe = _unit(0)
-    near = probe * 0.55 + _unit(1) * 0.1  # 0.46 from the probe: within 1 rider's threshold, not 6,000's
+    near = probe * 0.7 + _unit(1) * 0.1  # 0.31 from the probe: within 1 rider's threshold, not 6,000's
     assert threshold_for(6_000) < np.linalg.norm(near - probe) < threshold_for(1)
     assert faces.identify([near], ["a"], probe) == "a"
     others = [rng.normal(size=(face_alone_max_riders() + 1, 128)) * 3 + 5]

@@ -59,4 +59,6 @@ def test_moving_a_rider_or_a_bus_between_zones_adds_and_erases(tmp_path: Path, s
 def test_zones_keep_a_city_within_what_the_face_alone_can_serve() -> None:
     """The point of zones: N is the zone's riders, not the city's."""
     assert operating_point(1_000_000).rule.second_factor
-    assert not operating_point(5_000).rule.second_factor
+    assert operating_point(5_000).rule.second_factor  # at the default 1e-6 a 5,000-rider zone needs codes
+    assert not operating_point(40).rule.second_factor  # a zone of "my usual buses" does not
+    assert not operating_point(5_000, fpir_target=1e-3).rule.second_factor
