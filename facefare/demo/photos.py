@@ -141,9 +141,8 @@ DEMO_CLIPS: tuple[Path, ...] = (
 #: Riders enrolled from a frame of footage: (file under footage/, frame). The man is enrolled
 #: from another recording of him than the one he boards in.
 #: The second-factor code the demo's man chose at enrollment (4-8 digits; stored only as a keyed hash).
-#: At the default operating point (at most one wrong charge per 1,000,000 boardings) his face,
-#: enrolled from another recording, is too far from his template to charge alone: the door asks
-#: for his code, and the demo's scripted keypad types it for him.
+#: Should the face alone not confirm him at the default operating point (at most one wrong charge per
+#: 1,000,000 boardings), the door asks for his code and the demo's scripted keypad types it for him.
 DEMO_CODES: dict[str, str] = {"man_single_face": "4711"}
 ENROLL_FOOTAGE: dict[str, tuple[str, int]] = {
     "man_single_face": ("face_noface.mov", 5),
