@@ -78,7 +78,9 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
         }
 
     sync = wiring.bus_sync(cfg, sync_ledger, status_fields=status, configure=gallery.attach)
-    pipeline = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile)
+    pipeline = BusPipeline(
+        engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile, liveness=cfg.liveness
+    )
     last_frame = [time.monotonic()]
 
     def frame_done(frame: Any, decisions: list) -> None:

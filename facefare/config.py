@@ -26,6 +26,7 @@ from cloud_sync.bus_sync import SyncConfig
 from cloud_sync.cloud.service import CloudConfig
 from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.mqtt import MqttConfig
+from edge.door.liveness import LivenessConfig
 from edge.door.pipeline import PipelineConfig
 from edge.door.quality import QualityConfig
 from edge.door.smile import SmileConfig
@@ -100,6 +101,7 @@ class FacefareConfig(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     smile: SmileConfig = Field(default_factory=SmileConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)

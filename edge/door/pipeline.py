@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.door.liveness import Liveness, LivenessConfig, LivenessState
 from edge.door.motion import MotionMask, RegionPlanner
 from edge.door.quality import MeshQuality, QualityConfig, assess_mesh, face_patch
 from edge.door.smile import SmileConfig, SmileGate, SmileResult, SmileState
@@ -106,6 +107,10 @@ MESSAGES = {
     "ambiguous": "Sorry, we could not confirm who you are: please see the driver",
     "frozen": "Please see the driver",
     "attempts": "Please see the driver",
+    # presentation-attack defence (edge.door.liveness, docs/presentation-attacks.md)
+    "wait": "Look at the camera",
+    "flat": "Sorry, we could not confirm a live face: please see the driver",
+    "challenge": "Please smile when asked: see the driver",
 }
 
 
@@ -118,7 +123,8 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts" or the ledger's refusal reason
+    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "flat", "challenge" or the ledger's refusal reason
+    reason: str
     message: str
     distance: float | None = None
     margin: float | None = None
@@ -145,6 +151,7 @@ class TrackState:
     points: np.ndarray | None = None  # the face's 478 mesh points on its last frame (the next ROI)
     last_smile: SmileResult | None = None  # for displays: the gate's last score and state
     last_quality: MeshQuality | None = None
+    pad: LivenessState = field(default_factory=LivenessState)  # presentation-attack checks
 
 
 class BusPipeline:
@@ -158,6 +165,7 @@ class BusPipeline:
         smile: SmileConfig | None = None,
         feedback: Callable[[Feedback], None] | None = None,
         tracker: IouTracker | None = None,
+        liveness: Liveness | LivenessConfig | None = None,
     ) -> None:
         self.engine = engine
         self.gallery = gallery
@@ -166,6 +174,8 @@ class BusPipeline:
         self.smile_gate = SmileGate(smile or SmileConfig())
         self.feedback = feedback or (lambda fb: None)
         self.tracker = tracker or IouTracker()
+        #: Presentation-attack checks (challenge, flatness); None: the smile gate alone decides.
+        self.liveness = Liveness(liveness) if isinstance(liveness, LivenessConfig) else liveness
         c = self.cfg
         self.regions: RegionPlanner | None = None
         if c.detect_regions == "motion" and getattr(engine, "detector_name", "hog") == "hog":
@@ -304,7 +314,16 @@ class BusPipeline:
                 return self._decide(tid, index, ts, "see_driver", None, "frozen")
             if result.exhausted:
                 return self._decide(tid, index, ts, "see_driver", None, "attempts")
-            if not result.passed:
+            if self.liveness is not None:  # presentation-attack hook (edge.door.liveness)
+                v = self.liveness.update(
+                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile"
+                )
+                if v.refuse:
+                    return self._decide(tid, index, ts, "see_driver", None, v.refuse)
+                if not v.accept:
+                    self._prompt(tid, "smile" if v.prompted else "wait")
+                    return None
+            elif not result.passed:
                 self._prompt(tid, "smile")
                 return None
             st.armed = True
