@@ -180,6 +180,11 @@ class Hand:
         return cv2.getPerspectiveTransform(src, dst)
 
 
+def sensor(img: np.ndarray, rng: np.random.Generator, sigma: float = 2.0) -> np.ndarray:
+    """A live camera's noise (the footage is compressed: still areas repeat exactly, as no sensor does)."""
+    return np.clip(img + rng.normal(0, sigma, img.shape[:2] + (1,)), 0, 255).astype(np.uint8)
+
+
 def composite(card: np.ndarray, hom: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     warped = cv2.warpPerspective(card, hom, (W, H), flags=cv2.INTER_LINEAR)
     mask = cv2.warpPerspective(np.ones(card.shape[:2], np.float32), hom, (W, H), flags=cv2.INTER_LINEAR)[..., None]
@@ -205,8 +210,10 @@ def genuine(neutral: list[np.ndarray], smiling: list[np.ndarray], rng: np.random
         while len(rts) < k:
             rts.append(float(rng.lognormal(math.log(RT_MEDIAN), RT_SIGMA)))
         if prompt is None or t < prompt + rts[k - 1]:
-            return pingpong(neutral, int(t * FPS))
-        return pingpong(smiling, int((t - prompt - rts[k - 1]) * FPS))
+            img = pingpong(neutral, round(t * FPS))
+        else:
+            img = pingpong(smiling, round((t - prompt - rts[k - 1]) * FPS))
+        return sensor(img, rng)
 
     return Presentation("genuine", frame)
 
@@ -239,9 +246,9 @@ def attack(kind: str, rng: np.random.Generator, bgs: list[np.ndarray], clips: di
 
     def frame(t: float, prompt: float | None, k: int) -> np.ndarray:
         if kind == "replay_naive":
-            i = int(max(0.0, t - start) * FPS) % len(video) if t >= start else 0
+            i = round(max(0.0, t - start) * FPS) % len(video) if t >= start else 0
         else:
-            i = min(int((t - prompt - rt) * FPS) + len(neutral), len(video) - 1) if (
+            i = min(round((t - prompt - rt) * FPS) + len(neutral), len(video) - 1) if (
                 prompt is not None and t >= prompt + rt) else 0  # fmt: skip
         card = card_of(i)
         return composite(card, hand.homography(t, card.shape[:2]), bg, rng)
@@ -291,7 +298,7 @@ def corpus(n: int, seed: int) -> Iterator[tuple[Presentation, int]]:
     rng = np.random.default_rng(seed)
     clips = {name: clip(name) for name in CLIPS}
     bgs = backgrounds()
-    photos = list(range(1, 41))
+    photos = sorted(int(f.name[:3]) for f in (DATA / "london").glob("*_neutral.jpg"))
     for j in range(n):
         name = list(clips)[j % len(clips)]
         yield genuine(*clips[name], np.random.default_rng(rng.integers(2**32))), int(rng.integers(2**31))
@@ -322,6 +329,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20, help="presentations per type (genuine and each attack)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", choices=("genuine", *ATTACKS), help="run one presentation type")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every presentation's outcome")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from edge.faces.engine import FaceEngine
@@ -330,7 +339,13 @@ def main() -> None:
     cfg = load_config(None)
     engine = FaceEngine(cfg.models.dir, "cpu", 1, detector="blazeface")
     t0 = time.perf_counter()
-    outcomes = [present(engine, p, cfg.liveness, s) for p, s in corpus(args.n, args.seed)]
+    outcomes = []
+    for p, s in corpus(args.n, args.seed):
+        if args.only and p.kind != args.only:
+            continue
+        outcomes.append(present(engine, p, cfg.liveness, s))
+        if args.verbose:
+            print(outcomes[-1])
     res = summarise(outcomes)
     print(f"liveness: {cfg.liveness.model_dump()}")
     print(f"{'type':16} {'n':>4} {'accepted':>8} {'APCER/BPCER':>11}  mean s to accept  refusal reasons")
@@ -338,6 +353,8 @@ def main() -> None:
         label = "BPCER" if kind == "genuine" else "APCER"
         print(f"{kind:16} {r['n']:4d} {r['accepted']:8d} {label} {100 * r['rate']:5.1f}%  {r['seconds']:16.2f}  "
               f"{dict(r['reasons'])}")  # fmt: skip
+    if "genuine" not in res:
+        return
     base = [present(engine, p, None, s) for p, s in corpus(args.n, args.seed) if p.kind == "genuine"]
     b = summarise(base)["genuine"]
     print(f"genuine without the liveness checks: BPCER {100 * b['rate']:.1f}%, mean {b['seconds']:.2f} s to accept; "

@@ -72,7 +72,7 @@ class LivenessConfig(BaseModel):
         0.75, gt=0, le=1, description="Homography residual / similarity residual at most this on a flat face "
         "(genuine footage 0.82-0.98, hand-moved synthetic prints and screens 0.53-0.80)"
     )
-    flat_min_pairs: int = Field(3, ge=1, description="Informative frame pairs needed before a face can be judged flat")
+    flat_min_pairs: int = Field(10, ge=1, description="Informative frame pairs needed before a face can be judged flat")
 
     @model_validator(mode="after")
     def _ordered(self) -> LivenessConfig:
