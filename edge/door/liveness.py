@@ -1,6 +1,6 @@
 """Presentation-attack defence from what the door has: the timing of its own prompt and the mesh.
 
-Two checks, each run per track next to the smile gate (edge.door.smile), each able only to
+Three checks, each run per track next to the smile gate (edge.door.smile), each able only to
 *refuse* (docs/presentation-attacks.md gives the measurement, bench/pad.py):
 
 * **Challenge and response.** The door does not say "Smile to pay" when the face appears. Once the
@@ -20,6 +20,8 @@ Two checks, each run per track next to the smile gate (edge.door.smile), each ab
   exist and the homography explains them down to ``flat_ratio`` of the similarity's residual.
   A face that never moves out of plane is not judged flat (a rider standing still is the common
   case); the photo held perfectly still is left to the smile gate's frozen check.
+* **Screen cue.** The median over the track's frames of :func:`edge.door.pad_cues.moire_peak`
+  (a display's pixel grid beating against the camera's) refuses a face shown on a screen.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Literal
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge.door.pad_cues import moire_peak
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,12 @@ class LivenessConfig(BaseModel):
         "(genuine footage 0.82-0.98, hand-moved synthetic prints and screens 0.53-0.80)"
     )
     flat_min_pairs: int = Field(10, ge=1, description="Informative frame pairs needed before a face can be judged flat")
+    screen_cue: bool = Field(True, description="Refuse a face whose patch shows a display's moire (edge.door.pad_cues)")
+    screen_peak: float = Field(
+        3.2, gt=0, description="Median spectral peak over the track's frames at least this: a screen "
+        "(genuine footage: frames <= 3.0, track medians <= 2.1; synthetic screens: medians >= 3.5)"
+    )
+    screen_min_frames: int = Field(5, ge=1, description="Frames of the track needed before the screen cue is used")
 
     @model_validator(mode="after")
     def _ordered(self) -> LivenessConfig:
@@ -96,6 +106,7 @@ class LivenessState:
     points: deque = field(default_factory=lambda: deque(maxlen=300))  # rigid (n, 2) per frame
     flat: Flatness | None = None
     onset: float | None = None  # start of the accepted smile
+    moire: deque = field(default_factory=lambda: deque(maxlen=45))  # moire_peak per frame
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ class Verdict:
 
     prompted: bool
     accept: bool = False
-    refuse: Literal["flat", "challenge"] | None = None
+    refuse: Literal["flat", "screen", "challenge"] | None = None
     note: str = ""
 
 
@@ -181,28 +192,50 @@ class Liveness:
                         st.flat.ratio, st.flat.pairs)  # fmt: skip
         return st.flat.flat
 
+    def _screen(self, st: LivenessState) -> bool:
+        """The screen cue: the median moire peak over the track's recent frames."""
+        if not self.cfg.screen_cue or len(st.moire) < self.cfg.screen_min_frames:
+            return False
+        peak = float(np.median(st.moire))
+        if peak >= self.cfg.screen_peak:
+            log.warning("screen: median moire peak %.2f over %d frames", peak, len(st.moire))
+            return True
+        return False
+
     def _schedule(self, st: LivenessState, ts: float) -> None:
         st.delay = self.rng.uniform(self.cfg.delay_min_s, self.cfg.delay_max_s)
         st.prompt_at = ts + st.delay
         st.challenges += 1
 
     def update(
-        self, st: LivenessState, ts: float, points: np.ndarray, neutral: bool, passed: bool, smiling: bool = False
+        self,
+        st: LivenessState,
+        ts: float,
+        points: np.ndarray,
+        neutral: bool,
+        passed: bool,
+        smiling: bool = False,
+        patch: np.ndarray | None = None,
     ) -> Verdict:
         """One good-quality frame of a track.
 
         ``points``: the face's mesh points (478, >=2), image pixels; ``neutral``: the smile gate
         sees the track at its own neutral on this frame; ``passed``: the smile gate passed on it;
-        ``smiling``: the gate counts this frame as a smiling one.
+        ``smiling``: the gate counts this frame as a smiling one; ``patch``: the face box as a
+        150x150 grey image (edge.door.quality.face_patch), for the screen cue.
         """
         cfg = self.cfg
         if cfg.flatness:
             st.points.append(np.asarray(points, np.float64)[RIGID, :2])
+        if cfg.screen_cue and patch is not None and min(patch.shape[:2]) >= 128:
+            st.moire.append(moire_peak(patch))
         if neutral:
             st.last_neutral, st.first_smile = ts, None
         elif smiling and st.first_smile is None:
             st.first_smile = ts
         if not cfg.challenge:
+            if passed and self._screen(st):
+                return Verdict(True, refuse="screen")
             if passed and self._flat(st):
                 return Verdict(True, refuse="flat")
             return Verdict(True, accept=passed)
@@ -233,6 +266,8 @@ class Liveness:
             self._schedule(st, ts)  # a new unpredictable prompt; the gate needs a new neutral first
             return Verdict(False, note=note)
         st.onset = onset
+        if self._screen(st):
+            return Verdict(True, refuse="screen")
         if self._flat(st):
             return Verdict(True, refuse="flat")
         return Verdict(True, accept=True)

@@ -110,6 +110,7 @@ MESSAGES = {
     # presentation-attack defence (edge.door.liveness, docs/presentation-attacks.md)
     "wait": "Look at the camera",
     "flat": "Sorry, we could not confirm a live face: please see the driver",
+    "screen": "Sorry, we could not confirm a live face: please see the driver",
     "challenge": "Please smile when asked: see the driver",
 }
 
@@ -123,7 +124,8 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "flat", "challenge" or the ledger's refusal reason
+    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "flat", "screen", "challenge"
+    #: or the ledger's refusal reason
     reason: str
     message: str
     distance: float | None = None
@@ -316,7 +318,7 @@ class BusPipeline:
                 return self._decide(tid, index, ts, "see_driver", None, "attempts")
             if self.liveness is not None:  # presentation-attack hook (edge.door.liveness)
                 v = self.liveness.update(
-                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile"
+                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile", patch
                 )
                 if v.refuse:
                     return self._decide(tid, index, ts, "see_driver", None, v.refuse)
