@@ -20,6 +20,9 @@ Three checks, each run per track next to the smile gate (edge.door.smile), each 
   exist and the homography explains them down to ``flat_ratio`` of the similarity's residual.
   A face that never moves out of plane is not judged flat (a rider standing still is the common
   case); the photo held perfectly still is left to the smile gate's frozen check.
+* **Near-infrared.** With a NIR camera beside the colour one (hardware.cameras.nir, ``nir``), the
+  face followed in colour must also be found, at the mapped place, in most of the NIR pictures: a
+  screen emits no 850 nm light.
 * **Screen cue.** The median over the track's frames of :func:`edge.door.pad_cues.moire_peak`
   (a display's pixel grid beating against the camera's) refuses a face shown on a screen.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.door.pad_cues import moire_peak
+from edge.faces.geometry import Rect, iou
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,19 @@ class LivenessConfig(BaseModel):
         "(genuine footage: frames <= 3.0, track medians <= 2.1; synthetic screens: medians >= 3.5)"
     )
     screen_min_frames: int = Field(5, ge=1, description="Frames of the track needed before the screen cue is used")
+    nir: bool = Field(
+        False, description="Require the face in the near-infrared camera's picture too (hardware.cameras.nir); "
+        "fails closed: with no NIR frames, nobody passes"
+    )
+    nir_map: tuple[float, float, float, float, float, float] = Field(
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        description="Affine map colour pixels -> NIR pixels (a b c d e f: x' = a x + b y + c, y' = d x + e y + f), "
+        "measured at installation",
+    )
+    nir_min_iou: float = Field(0.3, gt=0, le=1, description="A NIR face must overlap the mapped colour box this much")
+    nir_min_fraction: float = Field(
+        0.5, gt=0, le=1, description="Fraction of the track's NIR frames that must show the face"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LivenessConfig:
@@ -107,6 +125,7 @@ class LivenessState:
     flat: Flatness | None = None
     onset: float | None = None  # start of the accepted smile
     moire: deque = field(default_factory=lambda: deque(maxlen=45))  # moire_peak per frame
+    nir: deque = field(default_factory=lambda: deque(maxlen=45))  # face found in NIR, per frame with a NIR picture
 
 
 @dataclass(frozen=True)
@@ -129,7 +148,7 @@ class Verdict:
 
     prompted: bool
     accept: bool = False
-    refuse: Literal["flat", "screen", "challenge"] | None = None
+    refuse: Literal["flat", "screen", "nir", "challenge"] | None = None
     note: str = ""
 
 
@@ -202,6 +221,28 @@ class Liveness:
             return True
         return False
 
+    def _no_nir(self, st: LivenessState) -> bool:
+        if not self.cfg.nir:
+            return False
+        seen = sum(st.nir) / len(st.nir) if st.nir else 0.0
+        if seen < self.cfg.nir_min_fraction:
+            log.warning("no face in near-infrared: %d of %d NIR frames", sum(st.nir), len(st.nir))
+            return True
+        return False
+
+    def nir_agrees(self, detect: Callable[[np.ndarray], list], nir: np.ndarray | None, rect: Rect) -> bool | None:
+        """Is a face at ``rect`` (colour pixels) in the NIR picture? None without NIR or with the check off.
+
+        ``detect``: a face detector on an RGB image returning objects with ``.rect`` (the engine's)."""
+        if not self.cfg.nir or nir is None:
+            return None
+        a = np.asarray(self.cfg.nir_map, np.float64).reshape(2, 3)
+        xy = np.array([[rect.left, rect.top, 1.0], [rect.right, rect.bottom, 1.0]]) @ a.T
+        mapped = Rect(int(xy[:, 0].min()), int(xy[:, 1].min()), int(xy[:, 0].max()), int(xy[:, 1].max()))
+        grey = nir if nir.ndim == 2 else nir[..., 0]
+        found = detect(np.ascontiguousarray(np.repeat(grey[..., None], 3, 2)))
+        return any(iou(d.rect, mapped) >= self.cfg.nir_min_iou for d in found)
+
     def _schedule(self, st: LivenessState, ts: float) -> None:
         st.delay = self.rng.uniform(self.cfg.delay_min_s, self.cfg.delay_max_s)
         st.prompt_at = ts + st.delay
@@ -216,19 +257,23 @@ class Liveness:
         passed: bool,
         smiling: bool = False,
         patch: np.ndarray | None = None,
+        nir_face: bool | None = None,
     ) -> Verdict:
         """One good-quality frame of a track.
 
         ``points``: the face's mesh points (478, >=2), image pixels; ``neutral``: the smile gate
         sees the track at its own neutral on this frame; ``passed``: the smile gate passed on it;
         ``smiling``: the gate counts this frame as a smiling one; ``patch``: the face box as a
-        150x150 grey image (edge.door.quality.face_patch), for the screen cue.
+        150x150 grey image (edge.door.quality.face_patch), for the screen cue; ``nir_face``:
+        :meth:`nir_agrees` on this frame (None: no NIR picture).
         """
         cfg = self.cfg
         if cfg.flatness:
             st.points.append(np.asarray(points, np.float64)[RIGID, :2])
         if cfg.screen_cue and patch is not None and min(patch.shape[:2]) >= 128:
             st.moire.append(moire_peak(patch))
+        if nir_face is not None:
+            st.nir.append(nir_face)
         if neutral:
             st.last_neutral, st.first_smile = ts, None
         elif smiling and st.first_smile is None:
@@ -236,6 +281,8 @@ class Liveness:
         if not cfg.challenge:
             if passed and self._screen(st):
                 return Verdict(True, refuse="screen")
+            if passed and self._no_nir(st):
+                return Verdict(True, refuse="nir")
             if passed and self._flat(st):
                 return Verdict(True, refuse="flat")
             return Verdict(True, accept=passed)
@@ -268,6 +315,8 @@ class Liveness:
         st.onset = onset
         if self._screen(st):
             return Verdict(True, refuse="screen")
+        if self._no_nir(st):
+            return Verdict(True, refuse="nir")
         if self._flat(st):
             return Verdict(True, refuse="flat")
         return Verdict(True, accept=True)

@@ -111,6 +111,7 @@ MESSAGES = {
     "wait": "Look at the camera",
     "flat": "Sorry, we could not confirm a live face: please see the driver",
     "screen": "Sorry, we could not confirm a live face: please see the driver",
+    "nir": "Sorry, we could not confirm a live face: please see the driver",
     "challenge": "Please smile when asked: see the driver",
 }
 
@@ -124,7 +125,7 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "flat", "screen", "challenge"
+    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "flat", "screen", "nir", "challenge"
     #: or the ledger's refusal reason
     reason: str
     message: str
@@ -193,16 +194,19 @@ class BusPipeline:
         #: "blendshapes", "quality", "smile", "embed", "match"); only the stages that ran.
         self.stage_ms: dict[str, float] = {}
         self._detections: dict[Rect, Detection] = {}
+        self._nir: np.ndarray | None = None
 
     # -- driving ---------------------------------------------------------------------------
 
     def run(self, frames: Iterable) -> Iterator[DoorDecision]:
         """Process ``Frame`` objects (``index``, ``ts``, ``image``); yield decisions as they are made."""
         for frame in frames:
-            yield from self.process(frame.image, frame.ts, frame.index)
+            yield from self.process(frame.image, frame.ts, frame.index, getattr(frame, "nir", None))
 
-    def process(self, image: object, ts: float, index: int = -1) -> list[DoorDecision]:
-        """One frame; returns the decisions made on it (usually none)."""
+    def process(self, image: object, ts: float, index: int = -1, nir: np.ndarray | None = None) -> list[DoorDecision]:
+        """One frame; returns the decisions made on it (usually none). ``nir``: the near-infrared
+        picture taken with it (hardware.cameras.nir), for the liveness checks."""
+        self._nir = nir
         try:
             rgb = as_rgb(image)  # type: ignore[arg-type]
         except ImageError as exc:
@@ -318,7 +322,8 @@ class BusPipeline:
                 return self._decide(tid, index, ts, "see_driver", None, "attempts")
             if self.liveness is not None:  # presentation-attack hook (edge.door.liveness)
                 v = self.liveness.update(
-                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile", patch
+                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile", patch,
+                    self.liveness.nir_agrees(self.engine.detect, self._nir, rect),
                 )
                 if v.refuse:
                     return self._decide(tid, index, ts, "see_driver", None, v.refuse)
