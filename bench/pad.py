@@ -260,11 +260,11 @@ def attack(kind: str, rng: np.random.Generator, bgs: list[np.ndarray], clips: di
 class Outcome:
     kind: str
     accepted: bool
-    reason: str  # "accepted" or the refusal reason, "timeout" if none within MAX_S
+    reason: str  # "accepted" or the refusal reason, "timeout" if none within max_s
     seconds: float | None  # face arrival -> acceptance
 
 
-def present(engine, p: Presentation, liveness, seed: int) -> Outcome:
+def present(engine, p: Presentation, liveness, seed: int, max_s: float = MAX_S) -> Outcome:
     """Run one presentation through a fresh door pipeline (empty gallery: the PAD decision only)."""
     from edge.door.liveness import Liveness
     from edge.door.pipeline import MESSAGES, BusPipeline, Feedback
@@ -279,7 +279,7 @@ def present(engine, p: Presentation, liveness, seed: int) -> Outcome:
     pad = Liveness(liveness, random.Random(seed)) if liveness is not None else None
     pipe = BusPipeline(engine, Gallery([], np.zeros((0, 128), np.float32)), feedback=fb, liveness=pad)
     first: float | None = None
-    for i in range(int(MAX_S * FPS)):
+    for i in range(int(max_s * FPS)):
         t = now[0] = i / FPS
         prompts = [ts for ts, m in events if m == MESSAGES["smile"]]
         img = p.frame(t, prompts[-1] if prompts and events[-1][1] == MESSAGES["smile"] else None, len(prompts))
@@ -325,11 +325,59 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict]:
     return out
 
 
+#: Real footage of genuine people for the cues' false-refusal cost (every clip the project ships).
+GENUINE_CLIPS = (
+    "footage/single_face.mp4", "footage/face_noface.mov", "footage/new_face_video-90.mp4",
+    "footage/grid/bbaf2n.mpg", "footage/grid/lbbc2a.mpg", "footage/grid/swiz3n.mpg",
+    "footage/cremad/1001_DFA_NEU_XX.flv", "footage/cremad/1001_DFA_HAP_XX.flv", "short_hamilton_clip.mp4",
+)  # fmt: skip
+
+
+def cue_costs(engine, cfg) -> None:
+    """Each cue on every genuine clip, frame by frame as the door computes it: the false-refusal cost."""
+    from edge.door.liveness import RIGID, flatness
+    from edge.door.pad_cues import moire_peak
+    from edge.door.quality import face_patch
+    from edge.faces.mesh import roi_from_points, roi_from_rect
+
+    print(f"{'clip':38} {'frames':>6} {'moire med':>9} {'max':>5} {'>=thr':>6} {'windows':>7} {'flat':>5}")
+    tot_w = tot_flat = tot_scr = 0
+    for name in GENUINE_CLIPS:
+        peaks: list[float] = []
+        pts: list[np.ndarray] = []
+        prev = None
+        for img in read_video(DATA / name):
+            dets = engine.detect(img, 0)
+            if not dets:
+                prev = None
+                continue
+            det = max(dets, key=lambda d: d.rect.area)
+            roi = roi_from_points(prev) if prev is not None else roi_from_rect(det.rect, det.keypoints)
+            face = engine.mesh.landmarks(img, roi)
+            prev = face.points if face.presence >= 0.5 else None
+            if prev is None:
+                continue
+            peaks.append(moire_peak(face_patch(img, det.rect)))
+            pts.append(prev[RIGID, :2])
+        w = cfg.flat_window
+        windows = [pts[i : i + w] for i in range(0, max(1, len(pts) - w + 1), 5)]
+        flat = sum(flatness(win, cfg).flat for win in windows)
+        # the screen cue refuses on the median over 45 frames
+        meds = [float(np.median(peaks[i : i + 45])) for i in range(0, max(1, len(peaks) - 44), 5)]
+        scr = sum(m >= cfg.screen_peak for m in meds)
+        tot_w, tot_flat, tot_scr = tot_w + len(windows), tot_flat + flat, tot_scr + scr
+        print(f"{name:38} {len(peaks):6d} {np.median(peaks):9.2f} {max(peaks):5.2f} "
+              f"{np.mean(np.array(peaks) >= cfg.screen_peak):6.1%} {len(windows):7d} {flat:5d}")  # fmt: skip
+    print(f"45-frame windows of genuine faces: {tot_w}; judged flat {tot_flat} ({tot_flat / max(tot_w, 1):.1%}); "
+          f"screen by the median moire peak {tot_scr} ({tot_scr / max(tot_w, 1):.1%})")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20, help="presentations per type (genuine and each attack)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", choices=("genuine", *ATTACKS), help="run one presentation type")
+    ap.add_argument("--cues", action="store_true", help="only the cues' false-refusal cost on genuine footage")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every presentation's outcome")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -338,6 +386,9 @@ def main() -> None:
 
     cfg = load_config(None)
     engine = FaceEngine(cfg.models.dir, "cpu", 1, detector="blazeface")
+    if args.cues:
+        cue_costs(engine, cfg.liveness)
+        return
     t0 = time.perf_counter()
     outcomes = []
     for p, s in corpus(args.n, args.seed):

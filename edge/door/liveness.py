@@ -72,7 +72,10 @@ class LivenessConfig(BaseModel):
     rise_min_s: float = Field(
         0.06, ge=0, description="A smile going from neutral to full faster (one frame: a swapped photo) does not count"
     )
-    flatness: bool = Field(True, description="Refuse a face whose rigid mesh points move as a plane")
+    flatness: bool = Field(
+        False, description="Refuse a face whose rigid mesh points move as a plane. Off: on real footage of moving "
+        "heads 58% of 45-frame windows were judged flat (bench/pad.py --cues, docs/presentation-attacks.md)"
+    )
     flat_window: int = Field(45, ge=3, description="Frames of the track kept for the flatness test")
     flat_min_motion: float = Field(
         0.012, gt=0, description="Similarity residual (x inter-ocular distance) that makes a frame pair informative"
