@@ -10,7 +10,8 @@ Per frame::
          of similar size in the zone -> "One at a time please", nothing else happens)
       -> for the door face only: Face Mesh V2 (its ROI from the face's own landmarks of the last
          frame, as MediaPipe tracks, or from the detection) -> blendshapes -> quality gate from
-         the mesh -> smile gate on the blendshapes
+         the mesh -> smile gate on the blendshapes -> with ``liveness``: the presentation-attack
+         checks (edge.door.liveness: prompt timing, screen cue, NIR, flatness), which may refuse
       -> 5-point landmarks, aligned chip and ResNet embedding, only once the smile gate has passed
          for this track and the frame passes quality
       -> match against the Gallery: a vote counts when distance <= match_threshold and the

@@ -155,3 +155,16 @@ def test_config_rejects_inverted_windows():
         LivenessConfig(delay_min_s=2.0, delay_max_s=1.0)
     with pytest.raises(ValidationError):
         LivenessConfig(reaction_min_s=1.0, reaction_max_s=0.5)
+
+
+def test_every_liveness_refusal_has_a_rider_message():
+    from typing import get_args, get_type_hints
+
+    from edge.door.liveness import Verdict
+
+    literal = get_args(get_type_hints(Verdict)["refuse"])[0]
+    reasons = get_args(literal)
+    assert set(reasons) == {"flat", "screen", "nir", "challenge"}
+    for reason in reasons:
+        assert "driver" in MESSAGES[reason]
+    assert MESSAGES["wait"] == "Look at the camera"
