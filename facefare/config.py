@@ -108,6 +108,10 @@ class FacefareConfig(BaseSettings):
     sync: SyncConfig = Field(default_factory=SyncConfig)
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
+    camera_nir: CameraConfig | None = Field(
+        None, description="Optional near-infrared camera beside the colour one (hardware.cameras.nir; "
+        "docs/deployment.md); needed by [liveness] nir"
+    )
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     @classmethod

@@ -68,3 +68,11 @@ def test_no_face_in_nir_refuses_when_the_smile_passes(seen, refused):
         pad.update(st, i / 30, points, True, False, nir_face=s)
     v = pad.update(st, 1.0, points, False, True, True)
     assert (v.refuse == "nir") is refused and v.accept is not refused
+
+
+def test_config_takes_a_nir_camera_section():
+    from facefare.config import FacefareConfig
+
+    cfg = FacefareConfig(camera_nir={"type": "usb", "device": "1"}, liveness={"nir": True})
+    assert cfg.camera_nir is not None and cfg.camera_nir.device == "1" and cfg.liveness.nir
+    assert FacefareConfig().camera_nir is None and not FacefareConfig().liveness.nir
