@@ -305,8 +305,10 @@ class Liveness:
             note = "already"  # under way when the prompt came (or no neutral seen at all)
         elif onset - st.prompt_at < cfg.reaction_min_s:
             note = "early"
-        elif onset - st.prompt_at > cfg.reaction_max_s:
-            note = "late"
+        elif onset - st.prompt_at > cfg.reaction_max_s or (
+            st.first_smile is not None and st.first_smile - st.prompt_at > cfg.reaction_max_s
+        ):
+            note = "late"  # started, or reached a full smile, too long after the prompt
         elif st.first_smile is not None and st.first_smile - onset < cfg.rise_min_s:
             note = "instant"  # neutral to full smile between two frames: a swapped photo, not a face
         if note:
