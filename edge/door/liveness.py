@@ -7,7 +7,8 @@ Three checks, each run per track next to the smile gate (edge.door.smile), each 
   face has passed quality for ``stable_s``, it waits a random ``delay_min_s``..``delay_max_s`` (the
   rider cannot predict it), then prompts. A smile counts only if it *starts* (the last neutral
   frame before it) between ``reaction_min_s`` and ``reaction_max_s`` after the prompt: a human
-  reaction to the door, not a recording that happens to smile. A smile already under way at the
+  reaction to the door, not a recording that happens to smile; its first full smiling frame must
+  also come within ``reaction_max_s`` of the prompt. A smile already under way at the
   prompt, or one before it, or a late one, does not count: the challenge is re-issued with a new
   random delay, at most ``max_challenges`` times, then "see the driver".
 * **Flatness.** A photo or a screen is a plane: as it moves, the mesh's rigid points (eye corners,

@@ -97,6 +97,12 @@ def test_a_swapped_photo_smiles_in_one_frame_and_does_not_count():
     assert verdicts[-1].note == "instant" and verdicts[-1].refuse == "challenge"
 
 
+def test_a_smile_that_starts_in_time_but_reaches_full_too_late_does_not_count():
+    # onset 0.4 s after the prompt, but 40 frames (1.33 s) of rise: full 1.7 s after it
+    verdicts, _ = run(CFG.model_copy(update={"max_challenges": 1}), lambda p: p + 0.4, rise_frames=40)
+    assert verdicts[-1].note == "late" and not verdicts[-1].accept
+
+
 def test_a_missed_challenge_is_reissued_then_bounded():
     pad = Liveness(CFG.model_copy(update={"max_challenges": 2}), random.Random(1))
     st = LivenessState()
