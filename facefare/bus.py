@@ -53,7 +53,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
     from edge.door.messages import to_door
     from edge.door.node import BusNode
     from edge.door.pipeline import BusPipeline
-    from hardware.cameras import camera_status, open_source
+    from hardware.cameras import NirPairSource, camera_status, open_source
     from hardware.door import open_door
     from hardware.watchdog import Watchdog
 
@@ -63,7 +63,12 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
     gallery = wiring.bus_gallery(cfg, engine.embedder_sha256)
     ledger = wiring.bus_ledger(cfg, charging=True)  # the ledger thread's (clock and integrity checked)
     sync_ledger = wiring.bus_ledger(cfg)  # the sync thread's own connection (WAL: they never block charges)
-    source = source if source is not None else open_source(cfg.camera)
+    if source is None:
+        source = open_source(cfg.camera)
+        if cfg.camera_nir is not None:  # the NIR picture rides on each colour frame (frame.nir)
+            source = NirPairSource(source, open_source(cfg.camera_nir))
+    if cfg.liveness.nir and cfg.camera_nir is None:
+        log.warning("[liveness] nir is on but no [camera_nir]: no frame has a NIR picture, nobody can pay")
     door = open_door(cfg.feedback)
     show = to_door(door)
     data_dir = Path(cfg.data_dir)
@@ -85,7 +90,7 @@ def run_bus(cfg: FacefareConfig, *, source: Any = None, stop: threading.Event | 
 
     sync = wiring.bus_sync(cfg, sync_ledger, status_fields=status, configure=gallery.attach)
     pipeline = BusPipeline(engine, gallery, cfg.pipeline, quality=cfg.quality, smile=cfg.smile,
-                           second_factor=wiring.second_factor(cfg, gallery))  # fmt: skip
+                           second_factor=wiring.second_factor(cfg, gallery), liveness=cfg.liveness)  # fmt: skip
     last_frame = [time.monotonic()]
     door_timing = DoorTiming()
     metrics, metrics_server, metrics_ledger = None, None, None

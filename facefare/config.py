@@ -26,6 +26,7 @@ from cloud_sync.bus_sync import SyncConfig
 from cloud_sync.cloud.service import CloudConfig
 from cloud_sync.dashboard.config import DashboardConfig
 from cloud_sync.mqtt import MqttConfig
+from edge.door.liveness import LivenessConfig
 from edge.door.pipeline import PipelineConfig
 from edge.door.quality import QualityConfig
 from edge.door.second_factor import SecondFactorConfig
@@ -104,12 +105,17 @@ class FacefareConfig(BaseSettings):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     smile: SmileConfig = Field(default_factory=SmileConfig)
     second_factor: SecondFactorConfig = Field(default_factory=SecondFactorConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
+    camera_nir: CameraConfig | None = Field(
+        None, description="Optional near-infrared camera beside the colour one (hardware.cameras.nir; "
+        "docs/deployment.md); needed by [liveness] nir"
+    )
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 

@@ -162,7 +162,9 @@ class BusNode:
                 return
             frame, captured = item
             started = time.monotonic()
-            decisions = self.pipeline.process(frame.image, frame.ts, frame.index)
+            nir = getattr(frame, "nir", None)  # a NIR camera's picture (hardware.cameras.nir), if any
+            args = (frame.image, frame.ts, frame.index) if nir is None else (frame.image, frame.ts, frame.index, nir)
+            decisions = self.pipeline.process(*args)
             done = time.monotonic()
             self.stats.frames += 1
             self.stats.frame_ms.append((done - started) * 1000)

@@ -10,7 +10,8 @@ Per frame::
          of similar size in the zone -> "One at a time please", nothing else happens)
       -> for the door face only: Face Mesh V2 (its ROI from the face's own landmarks of the last
          frame, as MediaPipe tracks, or from the detection) -> blendshapes -> quality gate from
-         the mesh -> smile gate on the blendshapes
+         the mesh -> smile gate on the blendshapes -> with ``liveness``: the presentation-attack
+         checks (edge.door.liveness: prompt timing, screen cue, NIR, flatness), which may refuse
       -> 5-point landmarks, aligned chip and ResNet embedding, only once the smile gate has passed
          for this track and the frame passes quality
       -> match against the Gallery: a vote counts when edge.faces.match.Rule accepts it (distance
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.door.liveness import Liveness, LivenessConfig, LivenessState
 from edge.door.motion import MotionMask, RegionPlanner
 from edge.door.quality import MeshQuality, QualityConfig, assess_mesh, face_patch
 from edge.door.second_factor import SecondFactor
@@ -138,6 +140,12 @@ MESSAGES = {
     "second_factor": "Please confirm with your code, or see the driver",
     "enter_code": "Please type your code and press Enter",
     "wrong_code": "Wrong code: please try again",
+    # presentation-attack defence (edge.door.liveness, docs/presentation-attacks.md)
+    "wait": "Look at the camera",
+    "flat": "Sorry, we could not confirm a live face: please see the driver",
+    "screen": "Sorry, we could not confirm a live face: please see the driver",
+    "nir": "Sorry, we could not confirm a live face: please see the driver",
+    "challenge": "Please smile when asked: see the driver",
 }
 
 
@@ -150,7 +158,9 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    reason: str  # "matched", "unknown", "ambiguous", "frozen", "attempts", "second_factor" or the ledger's reason
+    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "second_factor", "flat", "screen", "nir",
+    #: "challenge" or the ledger's refusal reason
+    reason: str
     message: str
     distance: float | None = None
     margin: float | None = None
@@ -177,6 +187,7 @@ class TrackState:
     points: np.ndarray | None = None  # the face's 478 mesh points on its last frame (the next ROI)
     last_smile: SmileResult | None = None  # for displays: the gate's last score and state
     last_quality: MeshQuality | None = None
+    pad: LivenessState = field(default_factory=LivenessState)  # presentation-attack checks
     awaiting_code: Match | None = None  # the face named this rider; their code is asked (second factor)
 
 
@@ -197,6 +208,7 @@ class BusPipeline:
         feedback: Callable[[Feedback], None] | None = None,
         tracker: IouTracker | None = None,
         second_factor: SecondFactor | None = None,
+        liveness: Liveness | LivenessConfig | None = None,
     ) -> None:
         self.engine = engine
         self.gallery = gallery
@@ -206,6 +218,8 @@ class BusPipeline:
         self.feedback = feedback or (lambda fb: None)
         self.tracker = tracker or IouTracker()
         self.second_factor = second_factor  # edge.door.second_factor; None: "see the driver" instead
+        #: Presentation-attack checks (challenge, flatness); None: the smile gate alone decides.
+        self.liveness = Liveness(liveness) if isinstance(liveness, LivenessConfig) else liveness
         c = self.cfg
         self.regions: RegionPlanner | None = None
         if c.detect_regions == "motion" and getattr(engine, "detector_name", "hog") == "hog":
@@ -225,16 +239,19 @@ class BusPipeline:
         #: "blendshapes", "quality", "smile", "embed", "match"); only the stages that ran.
         self.stage_ms: dict[str, float] = {}
         self._detections: dict[Rect, Detection] = {}
+        self._nir: np.ndarray | None = None
 
     # -- driving ---------------------------------------------------------------------------
 
     def run(self, frames: Iterable) -> Iterator[DoorDecision]:
         """Process ``Frame`` objects (``index``, ``ts``, ``image``); yield decisions as they are made."""
         for frame in frames:
-            yield from self.process(frame.image, frame.ts, frame.index)
+            yield from self.process(frame.image, frame.ts, frame.index, getattr(frame, "nir", None))
 
-    def process(self, image: object, ts: float, index: int = -1) -> list[DoorDecision]:
-        """One frame; returns the decisions made on it (usually none)."""
+    def process(self, image: object, ts: float, index: int = -1, nir: np.ndarray | None = None) -> list[DoorDecision]:
+        """One frame; returns the decisions made on it (usually none). ``nir``: the near-infrared
+        picture taken with it (hardware.cameras.nir), for the liveness checks."""
+        self._nir = nir
         try:
             rgb = as_rgb(image)  # type: ignore[arg-type]
         except ImageError as exc:
@@ -352,7 +369,17 @@ class BusPipeline:
                 return self._decide(tid, index, ts, "see_driver", None, "frozen")
             if result.exhausted:
                 return self._decide(tid, index, ts, "see_driver", None, "attempts")
-            if not result.passed:
+            if self.liveness is not None:  # presentation-attack hook (edge.door.liveness)
+                v = self.liveness.update(
+                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile", patch,
+                    self.liveness.nir_agrees(self.engine.detect, self._nir, rect),
+                )
+                if v.refuse:
+                    return self._decide(tid, index, ts, "see_driver", None, v.refuse)
+                if not v.accept:
+                    self._prompt(tid, "smile" if v.prompted else "wait")
+                    return None
+            elif not result.passed:
                 self._prompt(tid, "smile")
                 return None
             st.armed = True

@@ -14,6 +14,9 @@ picamera2  :class:`Picamera2Source` (Pi camera)     camera number, ``0``
 csi        :class:`GStreamerCSISource` (Jetson)     sensor id, ``0``
 ========== ======================================= ==========================================
 
+A near-infrared camera is a second source: :class:`NirPairSource` (hardware.cameras.nir) pairs it
+with the colour one and puts its picture on each frame as ``frame.nir``.
+
 Live sources reopen a lost camera with exponential backoff (see :class:`Reconnect`); the bus's
 MQTT publisher reads the flag through :func:`camera_status` (``BusSync(status_fields=...)``)::
 
@@ -35,12 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hardware.cameras.base import CameraError, Frame, FrameSource, Health, LiveSource, Reconnect
 from hardware.cameras.file import VideoFileSource
 from hardware.cameras.gstreamer import GStreamerCSISource, csi_pipeline
+from hardware.cameras.nir import NirPairSource
 from hardware.cameras.opencv import OpenCVSource
 from hardware.cameras.picam import Picamera2Source
 
 __all__ = [
     "CameraConfig", "CameraError", "Frame", "FrameSource", "GStreamerCSISource", "Health", "LiveSource",
-    "OpenCVSource", "Picamera2Source", "Reconnect", "VideoFileSource", "camera_status", "csi_pipeline", "open_source",
+    "NirPairSource", "OpenCVSource", "Picamera2Source", "Reconnect", "VideoFileSource", "camera_status",
+    "csi_pipeline", "open_source",
 ]  # fmt: skip
 
 CameraType = Literal["file", "usb", "rtsp", "picamera2", "csi"]

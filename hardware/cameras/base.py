@@ -39,6 +39,7 @@ class Frame:
     image: np.ndarray | None
     mono: float = field(default_factory=time.monotonic)
     wall: float = field(default_factory=time.time)
+    nir: np.ndarray | None = None  # the near-infrared picture beside it (hardware.cameras.nir), grey
 
 
 class Health(NamedTuple):
