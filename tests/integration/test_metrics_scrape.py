@@ -135,6 +135,8 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
         f'[sync]\ncloud_public_key = "{cloud_public}"\nheartbeat_interval_s = 2\n'
         f'[enrollment]\ngallery_key_file = "{bus_dir / "gallery.key"}"\n'
         f'[metrics]\nhost = "127.0.0.1"\nbus_port = {metrics_port}\n'
+        # recorded footage cannot react to the door's prompt (docs/presentation-attacks.md)
+        "[liveness]\nchallenge = false\n"
         + FARES + _mqtt_toml(mosquitto.config_for("bus-1"))
     )
     prom = Prometheus(tmp_path / "prometheus", {"bus-1": f"127.0.0.1:{metrics_port}"})
