@@ -161,10 +161,16 @@ def test_the_sync_thread_survives_a_failing_ledger_reports_it_and_recovers(
     ledger = Ledger(path, RULES, bus_id="bus-1")
     sync = BusSync("bus-1", ledger, BUS_KEY, cloud.key.public_key(), mosquitto.config_for("bus-1"),
                    heartbeat_interval_s=0.2)  # fmt: skip
+    fresh: Ledger | None = None
     running = RunningSync(sync)
     try:
         assert sync.connected.wait(10)
-        ledger.db.conn.close()  # every read and write of the sync's ledger now raises
+        # Every read and write of the sync's ledger now raises. The sync is handed a connection that
+        # was closed before it got it: closing one while another thread is inside it is undefined
+        # behaviour in SQLite (it crashed the test process once), a closed one raises cleanly.
+        broken = Ledger(path, RULES, bus_id="bus-1")
+        broken.db.conn.close()
+        sync.ledger = broken
         wait(lambda: sync.stats.failed_rounds >= 3, 10, "failed rounds")
         assert running.thread.is_alive(), "the sync thread died"
         assert sync.last_error and "closed" in sync.last_error
@@ -177,6 +183,8 @@ def test_the_sync_thread_survives_a_failing_ledger_reports_it_and_recovers(
         wait(lambda: fresh.stats()["outbox"] == 0, 15, "the outbox drained after recovery")
         assert fare_id in cloud.reader.fares_of_bus("bus-1")
         wait(lambda: sync.last_error is None, 5, "the sync's recovery")
-        fresh.close()
     finally:
-        running.close()
+        running.close()  # the sync thread stops before its ledgers close
+        for still_open in (fresh, ledger):
+            if still_open is not None:
+                still_open.close()
