@@ -53,12 +53,14 @@ from edge.faces.match import (
     LOOKALIKE_MAX_TEMPLATES,
     LOOKALIKE_REFRESH_TEMPLATES,
     MIN_FACE_THRESHOLD,
+    SHORTLIST,
     Gallery,
     Match,
     OperatingPoint,
     Rule,
     lookalikes,
     operating_point,
+    shortlist,
 )
 from edge.faces.mesh import INDEX, blink, roi_from_points, roi_from_rect, roi_rect, smile
 
@@ -189,6 +191,7 @@ class TrackState:
     last_quality: MeshQuality | None = None
     pad: LivenessState = field(default_factory=LivenessState)  # presentation-attack checks
     awaiting_code: Match | None = None  # the face named this rider; their code is asked (second factor)
+    shortlist: list[tuple[str, float]] = field(default_factory=list)  # the few riders the code may name
 
 
 def _rider_count(gallery) -> int:
@@ -400,13 +403,11 @@ class BusPipeline:
             if len(good) == len(recent) and len({m.rider_id for m in good}) == 1:
                 best = min(good, key=lambda m: m.distance)
                 if self._rule().second_factor or best.rider_id in self.lookalikes:  # face alone not enough
-                    assert best.rider_id is not None
-                    if self.second_factor is None or not self.second_factor.start(tid, best.rider_id):
-                        return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
-                    st.awaiting_code = best
-                    self._prompt(tid, "enter_code")
-                    return None
+                    return self._ask_code(tid, index, ts, st, best, embedding)
                 return self._charge(tid, index, ts, best)
+            if self._rule().second_factor and all(self._rule().near(m) for m in recent):
+                # a large gallery: the face finds a few riders close, none clearly; the code picks one
+                return self._ask_code(tid, index, ts, st, min(recent, key=lambda m: m.distance), embedding)
             if not any(self._rule().near(m) for m in recent):
                 worst = min(recent, key=lambda m: m.distance)
                 return self._decide(tid, index, ts, "refuse", None, "unknown", worst)
@@ -420,12 +421,32 @@ class BusPipeline:
         return operating_point(riders, threshold=c.match_threshold, min_margin=c.min_margin,
                                fpir_target=c.fpir_target, min_face_threshold=c.min_face_threshold)  # fmt: skip
 
+    def _ask_code(
+        self, tid: int, index: int, ts: float, st: TrackState, best: Match, embedding: np.ndarray
+    ) -> DoorDecision | None:
+        """The face alone may not charge: ask for the code of the face's nearest few riders (1:few)."""
+        assert best.rider_id is not None
+        matcher = self.gallery.gallery() if callable(getattr(self.gallery, "gallery", None)) else self.gallery
+        few = shortlist(matcher, embedding, self._rule().threshold)
+        if best.rider_id not in dict(few):
+            few = [(best.rider_id, best.distance), *few][:SHORTLIST]
+        others = [rider for rider, _ in few if rider != best.rider_id]
+        if self.second_factor is None or not self.second_factor.start(tid, best.rider_id, others):
+            return self._decide(tid, index, ts, "see_driver", None, "second_factor", best)
+        st.awaiting_code, st.shortlist = best, few
+        self._prompt(tid, "enter_code")
+        return None
+
     def _code_step(self, tid: int, index: int, ts: float, st: TrackState) -> DoorDecision | None:
-        """The second factor's hook: charge the rider the face named once their code checks out."""
+        """The second factor's hook: charge the rider whose code was typed, one of the face's few."""
         assert self.second_factor is not None and st.awaiting_code is not None
         outcome = self.second_factor.poll(tid)
         if outcome == "ok":
-            return self._charge(tid, index, ts, st.awaiting_code)
+            rider = self.second_factor.confirmed(tid) or st.awaiting_code.rider_id
+            distances = dict(st.shortlist) or {st.awaiting_code.rider_id: st.awaiting_code.distance}
+            nearest_other = min((d for r, d in distances.items() if r != rider), default=float("inf"))
+            distance = distances.get(rider, st.awaiting_code.distance)
+            return self._charge(tid, index, ts, Match(rider, distance, nearest_other - distance))
         if outcome == "refused":
             return self._decide(tid, index, ts, "see_driver", None, "second_factor", st.awaiting_code)
         if outcome == "wrong":

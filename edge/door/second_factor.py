@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -82,9 +82,10 @@ def code_hash(key: bytes, rider_id: str, code: str) -> bytes:
 
 @dataclass
 class _Wait:
-    rider_id: str
+    rider_id: str  # the face's nearest rider: wrong codes count against them
     started: float
     attempts: int = 0
+    also: tuple[str, ...] = ()  # the other riders of the face's shortlist (1:few)
 
 
 @dataclass
@@ -98,13 +99,17 @@ class SecondFactor:
     clock: Callable[[], float] = time.monotonic
     _waits: dict[int, _Wait] = field(default_factory=dict, repr=False)
     _failures: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    _confirmed: dict[int, str] = field(default_factory=dict, repr=False)
 
-    def start(self, track_id: int, rider_id: str) -> bool:
-        """Ask this track for ``rider_id``'s code; False if the rider has no code or is locked out."""
-        if self.hashes(rider_id) is None or self.locked(rider_id):
+    def start(self, track_id: int, rider_id: str, also: Sequence[str] = ()) -> bool:
+        """Ask this track for a code: ``rider_id``'s (the face's nearest) or, when the face only narrowed
+        the gallery to a few, one of ``also``'s. Riders with no code or locked out are left out;
+        False if nobody is left."""
+        candidates = [r for r in dict.fromkeys([rider_id, *also]) if self.hashes(r) is not None and not self.locked(r)]
+        if not candidates:
             log.info("track %d: no second factor available for the named rider", track_id)
             return False
-        self._waits[track_id] = _Wait(rider_id, self.clock())
+        self._waits[track_id] = _Wait(candidates[0], self.clock(), also=tuple(candidates[1:]))
         while self.keypad.poll() is not None:  # drop anything typed before the prompt
             pass
         return True
@@ -128,16 +133,11 @@ class SecondFactor:
         entry = self.keypad.poll()
         if entry is None:
             return "pending"
-        stored = self.hashes(wait.rider_id)
-        ok = (
-            stored is not None
-            and not self.locked(wait.rider_id)
-            and valid_code(entry, self.cfg)
-            and hmac.compare_digest(code_hash(self.key, wait.rider_id, entry), stored)
-        )
+        matches = [r for r in (wait.rider_id, *wait.also) if self._checks(r, entry)]
         del entry  # nothing of the code outlives this check
-        if ok:
+        if len(matches) == 1:  # two riders of the shortlist with the same code: nobody is charged
             self._waits.pop(track_id, None)
+            self._confirmed[track_id] = matches[0]
             log.info("track %d: second factor confirmed", track_id)
             return "ok"
         wait.attempts += 1
@@ -147,6 +147,19 @@ class SecondFactor:
             self._waits.pop(track_id, None)
             return "refused"
         return "wrong"
+
+    def _checks(self, rider_id: str, entry: str) -> bool:
+        stored = self.hashes(rider_id)
+        return (
+            stored is not None
+            and not self.locked(rider_id)
+            and valid_code(entry, self.cfg)
+            and hmac.compare_digest(code_hash(self.key, rider_id, entry), stored)
+        )
+
+    def confirmed(self, track_id: int) -> str | None:
+        """The rider whose code this track typed, once :meth:`poll` said 'ok' (asked once)."""
+        return self._confirmed.pop(track_id, None)
 
     def waiting(self) -> dict[int, str]:
         """Track id -> the rider whose code that track is asked for (for a door display or the demo)."""

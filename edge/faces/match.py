@@ -91,6 +91,23 @@ class Rule:
         return m.rider_id if self.accepts(m) and not self.second_factor else None
 
 
+#: At most this many riders share one second-factor check: the face narrows 1:N to 1:few, the code picks.
+SHORTLIST = 5
+
+
+def shortlist(matcher, query: np.ndarray, threshold: float, k: int = SHORTLIST) -> list[tuple[str, float]]:
+    """The riders within ``threshold`` of ``query``, nearest first, at most ``k``: (rider, distance).
+
+    ``matcher`` is any gallery with ``rider_ids`` and ``distances(query)`` per template
+    (:class:`Gallery`, :class:`~edge.faces.fast_match.QuantizedGallery`)."""
+    per_template = np.asarray(matcher.distances(query), dtype=np.float64)
+    nearest: dict[str, float] = {}
+    for rider, d in zip(np.asarray(matcher.rider_ids).astype(str), per_template, strict=True):
+        if d <= threshold and d < nearest.get(rider, np.inf):
+            nearest[rider] = float(d)
+    return sorted(nearest.items(), key=lambda item: item[1])[:k]
+
+
 def identify_match(gallery: Gallery, query: np.ndarray, rule: Rule | None = None) -> str | None:
     """The single-frame identification rule the bus applies: the rider to charge, or None.
 

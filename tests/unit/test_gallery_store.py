@@ -19,18 +19,8 @@ from cloud_sync.gallery.bus import BusGallery
 from cloud_sync.protocol import Envelope, GalleryAck, encode, generate_key, parse, topic_for
 from edge.faces.fast_match import QuantizedGallery, matmul_integer_model
 from edge.faces.match import Gallery
-from enrollment.distribution import GalleryDistributor
 from enrollment.store import RiderRecord, StoreError, TemplateStore, create_key, load_key
-from tests.helpers import reference
-
-MODEL = "a" * 64
-OTHER_MODEL = "b" * 64
-
-
-def vectors(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 1, (n, 128)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True) * 0.9
+from tests.helpers import MODEL, OTHER_MODEL, Fleet, reference, vectors
 
 
 @pytest.fixture
@@ -44,38 +34,6 @@ def enroll_many(store: TemplateStore, n: int, seed: int = 0) -> dict[str, np.nda
     for rider, e in riders.items():
         store.add_rider(RiderRecord(rider_id=rider, concession="adult"), list(e), model_sha256=MODEL)
     return riders
-
-
-class Fleet:
-    """A cloud distributor and buses wired directly (publish = hand the payload to the bus)."""
-
-    def __init__(self, tmp: Path, store: TemplateStore, buses: tuple[str, ...] = ("bus-1",)) -> None:
-        self.cloud_key = generate_key()
-        self.bus_keys = {b: generate_key() for b in buses}
-        self.dist = GalleryDistributor(store, self.cloud_key, MODEL,
-                                       bus_keys={b: k.public_key() for b, k in self.bus_keys.items()}.get)  # fmt: skip
-        self.sent: list[tuple[str, bytes]] = []
-        self.acks: list[tuple[str, bytes]] = []
-        self.dist.publish = lambda topic, payload: self.sent.append((topic, payload))
-        self.buses = {}
-        for b in buses:
-            secret = self.dist.register_bus(b)
-            bus = BusGallery(tmp / f"{b}.db", b, secret, MODEL, self.cloud_key.public_key(), bus_key=self.bus_keys[b])
-            bus.publish = lambda topic, payload: self.acks.append((topic, payload))
-            self.buses[b] = bus
-
-    def deliver(self) -> list[str]:
-        """Hand every published delta to its bus, then every ack to the cloud."""
-        outcomes = []
-        while self.sent or self.acks:
-            sent, self.sent = self.sent, []
-            for topic, payload in sent:
-                bus = topic.split("/")[3]
-                outcomes.append(self.buses[bus].handle(topic, payload))
-            acks, self.acks = self.acks, []
-            for topic, payload in acks:
-                self.dist.handle(topic, payload)
-        return outcomes
 
 
 # -- keys and encryption at rest ------------------------------------------------------------------

@@ -93,3 +93,15 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert _wrong_way("edge.faces.engine", "edge.door.pipeline")
     assert not _wrong_way("edge.door.node", "edge.fares.ledger")
     assert not _wrong_way("facefare.bus", "edge.door.node")
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/helpers.py and tests/conftest.py, never in a test module."""
+    tests = ROOT / "tests"
+    problems = [
+        f"{path.relative_to(ROOT)}:{line}: imports {name}"
+        for path in sorted(tests.rglob("test_*.py"))
+        for line, name in imports_of(path)
+        if name.startswith("tests.") and any(part.startswith("test_") for part in name.split(".")[1:])
+    ]
+    assert not problems, "\n".join(problems)

@@ -6,6 +6,7 @@ import io
 import logging
 import time
 
+import numpy as np
 import pytest
 
 from edge.door.pipeline import BusPipeline, PipelineConfig, TrackState
@@ -157,7 +158,7 @@ def test_pipeline_sends_to_the_driver_when_the_code_fails():
 
 def test_code_travels_keyed_per_bus_and_is_checked_offline(tmp_path):
     from enrollment.store import RiderRecord, StoreError, TemplateStore
-    from tests.unit.test_gallery_store import MODEL, Fleet, vectors
+    from tests.helpers import MODEL, Fleet, vectors
 
     store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
     store.add_rider(RiderRecord(rider_id="alice"), [vectors(1)[0]], model_sha256=MODEL)
@@ -211,7 +212,7 @@ def test_set_code_command_never_echoes_the_code(tmp_path, monkeypatch):
 
     from enrollment.store import RiderRecord, TemplateStore
     from facefare.cli import main
-    from tests.unit.test_gallery_store import MODEL, vectors
+    from tests.helpers import MODEL, vectors
 
     monkeypatch.setenv("FACEFARE_HOME", str(tmp_path))
     monkeypatch.setenv("FACEFARE_ENROLLMENT__STORE", str(tmp_path / "store.db"))
@@ -224,3 +225,49 @@ def test_set_code_command_never_echoes_the_code(tmp_path, monkeypatch):
     assert CODE not in result.output and "code set for alice" in result.output
     store = TemplateStore.open(tmp_path / "store.db", tmp_path / "store.key")
     assert store.code_digest("alice") is not None
+
+
+def test_the_code_picks_one_rider_of_the_faces_shortlist():
+    """1:N becomes 1:few: the face names a few close riders, the typed code says which one it is."""
+    sf, pad, _ = make()
+    assert sf.start(1, "alice", ["bob", "carol"])  # carol has no code: left out
+    assert sf.waiting() == {1: "alice"}
+    pad.entries.append("9999")  # bob's code
+    assert sf.poll(1) == "ok" and sf.confirmed(1) == "bob" and sf.confirmed(1) is None
+    assert sf.start(2, "alice", ["bob"])
+    pad.entries.append("5555")
+    assert sf.poll(2) == "wrong" and sf.locked("bob") is False  # failures count against the face's nearest
+
+
+def test_two_riders_of_a_shortlist_with_the_same_code_charge_nobody():
+    pad, clock = ListKeypad(), Clock()
+    hashes = {"alice": code_hash(KEY, "alice", CODE), "dave": code_hash(KEY, "dave", CODE)}
+    sf = SecondFactor(pad, hashes.get, KEY, SecondFactorConfig(), clock)
+    assert sf.start(1, "alice", ["dave"])
+    pad.entries.append(CODE)
+    assert sf.poll(1) == "wrong" and sf.confirmed(1) is None
+
+
+def test_shortlist_is_the_nearest_few_within_the_threshold():
+    from edge.faces.match import Gallery, shortlist
+
+    g = Gallery(["a", "a", "b", "c", "d"], np.array([[0.1, 0], [0.5, 0], [0.3, 0], [0.45, 0], [2.0, 0]]))
+    assert shortlist(g, np.zeros(2), threshold=0.5) == [("a", pytest.approx(0.1)), ("b", pytest.approx(0.3)),
+                                                        ("c", pytest.approx(0.45))]  # fmt: skip
+    assert [r for r, _ in shortlist(g, np.zeros(2), threshold=0.5, k=2)] == ["a", "b"]
+
+
+def test_pipeline_charges_the_shortlisted_rider_whose_code_was_typed():
+    sf, pad, _ = make()
+    pipe = BusPipeline.__new__(BusPipeline)
+    pipe.cfg = PipelineConfig()
+    pipe.second_factor = sf
+    pipe.feedback = lambda fb: None
+    pipe.states = {}
+    st = pipe.states.setdefault(5, TrackState())
+    assert sf.start(5, "alice", ["bob"])
+    st.awaiting_code, st.shortlist = Match("alice", 0.41, 0.02), [("alice", 0.41), ("bob", 0.43)]
+    pad.entries.append("9999")
+    decision = pipe._step(None, 5, None, st, 1.0, 10)
+    assert decision.action == "charge" and decision.rider_id == "bob"
+    assert decision.distance == pytest.approx(0.43) and decision.margin == pytest.approx(-0.02)

@@ -8,7 +8,7 @@ import pytest
 
 from edge.faces.match import operating_point
 from enrollment.store import RiderRecord, TemplateStore
-from tests.unit.test_gallery_store import MODEL, Fleet, vectors
+from tests.helpers import MODEL, Fleet, vectors
 
 
 @pytest.fixture
