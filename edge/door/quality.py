@@ -113,13 +113,18 @@ def assess_mesh(
         q.reasons.append("head_turned")
     if blink > cfg.max_blink:
         q.reasons.append("eyes_closed")
+    _light_and_blur(q, brightness, sharpness, cfg)
+    return q
+
+
+def _light_and_blur(q: Quality, brightness: float, sharpness: float, cfg: QualityConfig) -> None:
+    """The checks both gates share: the face's light and its sharpness."""
     if brightness < cfg.min_brightness:
         q.reasons.append("too_dark")
     elif brightness > cfg.max_brightness:
         q.reasons.append("too_bright")
     if sharpness < cfg.min_sharpness:
         q.reasons.append("blurred")
-    return q
 
 
 def pose(landmarks5: np.ndarray) -> tuple[float, float, float]:
@@ -155,10 +160,5 @@ def assess(
         q.reasons.append("too_small")
     if abs(yaw) > cfg.max_yaw or not cfg.min_pitch <= pitch <= cfg.max_pitch:
         q.reasons.append("head_turned")
-    if brightness < cfg.min_brightness:
-        q.reasons.append("too_dark")
-    elif brightness > cfg.max_brightness:
-        q.reasons.append("too_bright")
-    if sharpness < cfg.min_sharpness:
-        q.reasons.append("blurred")
+    _light_and_blur(q, brightness, sharpness, cfg)
     return q
