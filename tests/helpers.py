@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,3 +129,63 @@ class Fleet:
             for topic, payload in acks:
                 self.dist.handle(topic, payload)
         return outcomes
+
+
+# -- a cloud and one bus, provisioned as an operator does it, for tests that run `facefare bus run` --
+
+FARES_TOML = '[fares]\ncurrency = "EUR"\n[fares.routes]\n"1" = 250\n'
+
+
+def mqtt_toml(cfg) -> str:
+    """The ``[mqtt]`` section for one user of a test broker (``MosquittoServer.config_for``)."""
+    return (f'[mqtt]\nhost = "{cfg.host}"\nport = {cfg.port}\nca_file = "{cfg.ca_file}"\n'
+            f'username = "{cfg.username}"\npassword_file = "{cfg.password_file}"\nkeepalive_s = 5\n')  # fmt: skip
+
+
+@dataclass
+class ProvisionedBus:
+    """What :func:`provision_bus` leaves: the cloud's config and CLI, bus-1's keys, the door's camera file."""
+
+    cloud_toml: Path
+    cloud_dir: Path
+    bus_dir: Path
+    cloud_public: str
+    camera_file: Path
+    cloud_cli: Callable[..., str]
+    bus_key: Any  # bus-1's Ed25519 private key (its public key verifies the bus's messages)
+
+
+def provision_bus(tmp_path: Path, models_dir: Path, faces_dir: Path, broker, *, register_key: bool = True):
+    """The cloud's key, bus-1's key (registered with the cloud ledger if ``register_key``) and gallery
+    key, Lin and the man of single_face.mp4 enrolled (their deltas wait at the broker, retained), and
+    the door camera file: the Hamilton clip, then the man's boarding."""
+    from click.testing import CliRunner
+
+    from cloud_sync import protocol
+    from facefare.cli import main
+
+    cloud_dir, bus_dir = tmp_path / "cloud", tmp_path / "bus"
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text(f'data_dir = "{cloud_dir}"\nlog_level = "INFO"\n[models]\ndir = "{models_dir}"\n'
+                          + FARES_TOML + mqtt_toml(broker.config_for("cloud")))  # fmt: skip
+    runner = CliRunner()
+
+    def cloud_cli(*args: str) -> str:
+        res = runner.invoke(main, ["--config", str(cloud_toml), *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    cloud_cli("cloud", "keygen")
+    cloud_public = protocol.public_key_text(protocol.load_private_key(cloud_dir / "cloud_key.pem").public_key())
+    bus_key = protocol.generate_key()
+    protocol.save_private_key(bus_key, bus_dir / "bus_key.pem")
+    if register_key:
+        cloud_cli("cloud", "register-bus", "bus-1", "--public-key", protocol.public_key_text(bus_key.public_key()))
+    cloud_cli("enrollment", "register-bus", "bus-1", "--out", str(bus_dir / "gallery.key"))
+    photos = tmp_path / "photos"
+    (photos / "lin").mkdir(parents=True)
+    (photos / "lin" / "lin_manuel_miranda.png").write_bytes((faces_dir / "lin_manuel_miranda.png").read_bytes())
+    write_man_photo(photos / "man" / "man.jpg")
+    assert "published" in cloud_cli("enroll", str(photos), "--quiet")
+    camera_file = write_door_camera_file(tmp_path / "door.mp4")
+    return ProvisionedBus(cloud_toml, cloud_dir, bus_dir, cloud_public, camera_file, cloud_cli, bus_key)

@@ -26,51 +26,24 @@ from click.testing import CliRunner
 from cloud_sync import protocol
 from cloud_sync.mqtt import connect, subscribe
 from facefare.cli import main
-from tests.helpers import write_door_camera_file, write_man_photo
+from tests.helpers import FARES_TOML, mqtt_toml, provision_bus
 from tests.servers import Inbox
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _mqtt_toml(cfg) -> str:
-    return (f'[mqtt]\nhost = "{cfg.host}"\nport = {cfg.port}\nca_file = "{cfg.ca_file}"\n'
-            f'username = "{cfg.username}"\npassword_file = "{cfg.password_file}"\nkeepalive_s = 5\n')  # fmt: skip
-
-
-FARES = '[fares]\ncurrency = "EUR"\n[fares.routes]\n"1" = 250\n'
 
 
 def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_cloud(
     models_dir: Path, faces_dir: Path, mosquitto, tmp_path: Path
 ) -> None:
-    cloud_dir, bus_dir = tmp_path / "cloud", tmp_path / "bus"
-    cloud_toml = tmp_path / "cloud.toml"
-    cloud_toml.write_text(f'data_dir = "{cloud_dir}"\nlog_level = "INFO"\n[models]\ndir = "{models_dir}"\n'
-                          + FARES + _mqtt_toml(mosquitto.config_for("cloud")))  # fmt: skip
-    runner = CliRunner()
-
-    def cloud_cli(*args: str) -> str:
-        res = runner.invoke(main, ["--config", str(cloud_toml), *args], catch_exceptions=False)
-        assert res.exit_code == 0, res.output
-        return res.output
-
-    # Provisioning: the cloud's key, the bus's key registered with the ledger, its gallery secret.
-    cloud_cli("cloud", "keygen")
-    cloud_public = protocol.public_key_text(protocol.load_private_key(cloud_dir / "cloud_key.pem").public_key())
-    bus_key = protocol.generate_key()
-    protocol.save_private_key(bus_key, bus_dir / "bus_key.pem")
-    cloud_cli("cloud", "register-bus", "bus-1", "--public-key", protocol.public_key_text(bus_key.public_key()))
-    cloud_cli("enrollment", "register-bus", "bus-1", "--out", str(bus_dir / "gallery.key"))
-
-    # The operator enrolls the man (a photo: a frame of another recording of him) and Lin; the
-    # deltas go to the broker (retained).
-    photos = tmp_path / "photos"
-    (photos / "lin").mkdir(parents=True)
-    (photos / "lin" / "lin_manuel_miranda.png").write_bytes((faces_dir / "lin_manuel_miranda.png").read_bytes())
-    write_man_photo(photos / "man" / "man.jpg")
-    assert "published" in cloud_cli("enroll", str(photos), "--quiet")
-    # The camera: the Hamilton clip, then the man's boarding, as one file.
-    camera_file = write_door_camera_file(tmp_path / "door.mp4")
+    # Provisioning (tests/helpers.py): the cloud's key, the bus's key registered with the ledger, its
+    # gallery secret; the operator enrolls the man (a frame of another recording of him) and Lin, and
+    # the deltas wait at the broker (retained). The camera: the Hamilton clip, then the man's boarding.
+    p = provision_bus(tmp_path, models_dir, faces_dir, mosquitto)
+    cloud_toml, bus_dir, cloud_public, camera_file, bus_key = (
+        p.cloud_toml, p.bus_dir, p.cloud_public, p.camera_file, p.bus_key)
+    cloud_cli, runner = p.cloud_cli, CliRunner()
 
     cloud = subprocess.Popen([sys.executable, "-m", "facefare.cli", "--config", str(cloud_toml), "cloud", "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -82,7 +55,7 @@ def test_a_rider_enrolled_in_the_cloud_is_charged_on_the_bus_and_settled_in_the_
         f'[enrollment]\ngallery_key_file = "{bus_dir / "gallery.key"}"\n'
         # recorded footage cannot react to the door's prompt (docs/presentation-attacks.md)
         "[liveness]\nchallenge = false\n"
-        + FARES + _mqtt_toml(mosquitto.config_for("bus-1"))
+        + FARES_TOML + mqtt_toml(mosquitto.config_for("bus-1"))
     )
     fleet = connect(mosquitto.config_for("dashboard"), "test-dashboard", clean_start=True)
     inbox = Inbox()

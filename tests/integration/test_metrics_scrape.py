@@ -22,15 +22,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cloud_sync import protocol
-from facefare.cli import main
-from tests.helpers import write_door_camera_file, write_man_photo
+from tests.helpers import FARES_TOML, mqtt_toml, provision_bus
 
 pytestmark = pytest.mark.timeout(300)
 
-FARES = '[fares]\ncurrency = "EUR"\n[fares.routes]\n"1" = 250\n'
 
 
 def _free_port() -> int:
@@ -39,9 +35,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _mqtt_toml(cfg) -> str:
-    return (f'[mqtt]\nhost = "{cfg.host}"\nport = {cfg.port}\nca_file = "{cfg.ca_file}"\n'
-            f'username = "{cfg.username}"\npassword_file = "{cfg.password_file}"\nkeepalive_s = 5\n')  # fmt: skip
 
 
 class Prometheus:
@@ -102,30 +95,10 @@ class Prometheus:
 def test_prometheus_scrapes_the_bus_decisions_and_backlog(
     models_dir: Path, faces_dir: Path, mosquitto, tmp_path: Path
 ) -> None:
-    cloud_dir, bus_dir = tmp_path / "cloud", tmp_path / "bus"
-    cloud_toml = tmp_path / "cloud.toml"
-    cloud_toml.write_text(f'data_dir = "{cloud_dir}"\n[models]\ndir = "{models_dir}"\n'
-                          + FARES + _mqtt_toml(mosquitto.config_for("cloud")))  # fmt: skip
-    runner = CliRunner()
-
-    def cloud_cli(*args: str) -> str:
-        res = runner.invoke(main, ["--config", str(cloud_toml), *args], catch_exceptions=False)
-        assert res.exit_code == 0, res.output
-        return res.output
-
-    # Provisioning as in tests/e2e/test_bus_e2e.py; the gallery delta waits on the broker (retained).
-    # The man of single_face.mp4 is charged once; Lin only talks in the Hamilton clip (issue 20).
-    cloud_cli("cloud", "keygen")
-    cloud_public = protocol.public_key_text(protocol.load_private_key(cloud_dir / "cloud_key.pem").public_key())
-    bus_key = protocol.generate_key()
-    protocol.save_private_key(bus_key, bus_dir / "bus_key.pem")
-    cloud_cli("enrollment", "register-bus", "bus-1", "--out", str(bus_dir / "gallery.key"))
-    photos = tmp_path / "photos"
-    (photos / "lin").mkdir(parents=True)
-    (photos / "lin" / "lin.png").write_bytes((faces_dir / "lin_manuel_miranda.png").read_bytes())
-    write_man_photo(photos / "man" / "man.jpg")
-    assert "published" in cloud_cli("enroll", str(photos), "--quiet")
-    camera_file = write_door_camera_file(tmp_path / "door.mp4")
+    # Provisioned as in tests/e2e/test_bus_e2e.py, but with the bus's key unknown to the cloud ledger:
+    # its fare stays in the outbox. The man of single_face.mp4 is charged once; Lin only talks.
+    p = provision_bus(tmp_path, models_dir, faces_dir, mosquitto, register_key=False)
+    bus_dir, cloud_public, camera_file = p.bus_dir, p.cloud_public, p.camera_file
 
     metrics_port = _free_port()
     bus_toml = tmp_path / "bus.toml"
@@ -137,7 +110,7 @@ def test_prometheus_scrapes_the_bus_decisions_and_backlog(
         f'[metrics]\nhost = "127.0.0.1"\nbus_port = {metrics_port}\n'
         # recorded footage cannot react to the door's prompt (docs/presentation-attacks.md)
         "[liveness]\nchallenge = false\n"
-        + FARES + _mqtt_toml(mosquitto.config_for("bus-1"))
+        + FARES_TOML + mqtt_toml(mosquitto.config_for("bus-1"))
     )
     prom = Prometheus(tmp_path / "prometheus", {"bus-1": f"127.0.0.1:{metrics_port}"})
     bus = subprocess.Popen([sys.executable, "-m", "facefare.cli", "--config", str(bus_toml), "bus", "run"],
