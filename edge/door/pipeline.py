@@ -194,6 +194,12 @@ class TrackState:
     shortlist: list[tuple[str, float]] = field(default_factory=list)  # the few riders the code may name
 
 
+def _matcher(gallery):
+    """The in-memory matcher (rider_ids, embeddings, distances) behind ``gallery``: a bus gallery
+    serves one through ``gallery()``, a plain Gallery is its own."""
+    return gallery.gallery() if callable(getattr(gallery, "gallery", None)) else gallery
+
+
 def _rider_count(gallery) -> int:
     count = getattr(gallery, "rider_count", None)
     return int(count) if count is not None else len(gallery.riders)
@@ -426,7 +432,7 @@ class BusPipeline:
     ) -> DoorDecision | None:
         """The face alone may not charge: ask for the code of the face's nearest few riders (1:few)."""
         assert best.rider_id is not None
-        matcher = self.gallery.gallery() if callable(getattr(self.gallery, "gallery", None)) else self.gallery
+        matcher = _matcher(self.gallery)
         few = shortlist(matcher, embedding, self._rule().threshold)
         if best.rider_id not in dict(few):
             few = [(best.rider_id, best.distance), *few][:SHORTLIST]
@@ -464,13 +470,13 @@ class BusPipeline:
         if point != self.point:
             self.point = point
             log.info("operating point: %s", point.describe())
-        matcher = self.gallery.gallery() if callable(getattr(self.gallery, "gallery", None)) else self.gallery
+        matcher = _matcher(self.gallery)
         if len(matcher.rider_ids) <= LOOKALIKE_REFRESH_TEMPLATES:
             self.lookalikes = self._lookalikes(self.gallery)
 
     def _lookalikes(self, gallery) -> dict[str, tuple[str, float]]:
         """Riders within threshold + margin of another rider: they confirm with the second factor."""
-        matcher = gallery.gallery() if callable(getattr(gallery, "gallery", None)) else gallery
+        matcher = _matcher(gallery)
         rule = self.point.rule
         if rule.second_factor or len(matcher.rider_ids) > LOOKALIKE_MAX_TEMPLATES:
             return {}
