@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -40,7 +41,15 @@ def statements(script: str) -> list[str]:
     return out
 
 
-def schema(name: str, steps: Sequence[Step]) -> Migrations:
+@dataclass(frozen=True)
+class Schema:
+    """A store's migration set and the names of its steps (what this version of FaceFare knows)."""
+
+    migrations: Migrations
+    steps: tuple[str, ...]
+
+
+def schema(name: str, steps: Sequence[Step]) -> Schema:
     """A migration set called ``name``: each step's statements run in one transaction, in order."""
     migrations = Migrations(name)
     for step, sql in steps:
@@ -50,16 +59,16 @@ def schema(name: str, steps: Sequence[Step]) -> Migrations:
                 db.execute(statement)
 
         migrations(name=step)(apply)
-    return migrations
+    return Schema(migrations, tuple(step for step, _ in steps))
 
 
-def upgrade(conn: sqlite3.Connection, migrations: Migrations, what: str) -> list[str]:
+def upgrade(conn: sqlite3.Connection, store: Schema, what: str) -> list[str]:
     """Bring the store on ``conn`` (an autocommit connection) to the newest schema; the steps applied."""
     db = Database(conn, recursive_triggers=False)
-    known = {m.name for m in migrations._migrations}
+    migrations = store.migrations
     conn.execute("BEGIN IMMEDIATE")
     try:
-        newer = sorted({m.name for m in migrations.applied(db)} - known)
+        newer = sorted({m.name for m in migrations.applied(db)} - set(store.steps))
         if newer:
             raise SchemaError(f"{what} was written by a newer FaceFare (schema steps {', '.join(newer)}): upgrade")
         pending = [m.name for m in migrations.pending(db)]
@@ -74,6 +83,6 @@ def upgrade(conn: sqlite3.Connection, migrations: Migrations, what: str) -> list
     return pending
 
 
-def applied(conn: sqlite3.Connection, migrations: Migrations) -> list[str]:
+def applied(conn: sqlite3.Connection, store: Schema) -> list[str]:
     """The schema steps recorded in the store on ``conn``, oldest first."""
-    return [m.name for m in migrations.applied(Database(conn, recursive_triggers=False))]
+    return [m.name for m in store.migrations.applied(Database(conn, recursive_triggers=False))]
