@@ -46,7 +46,7 @@ MAX_SATURATION = 50.0  # median face_saturation at most this: a washed-out face 
 def moire_peak(grey: np.ndarray) -> float:
     """The largest isolated spectral peak of a face patch (>= 128x128 grey), in log-magnitude units.
 
-    Measured (bench/pad_cues.py): genuine footage per frame 1.3-3.3, track medians <= 2.7;
+    Measured (bench/pad_cues.py): genuine footage per-clip medians 1.55-2.66, frames <= 3.26;
     synthetic phone screens and video replays 3.5-4.5 (median); synthetic halftone prints ~1.75.
     """
     h, w = grey.shape[:2]
