@@ -25,7 +25,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pad import CLIPS, DATA, FPS, GENUINE_CLIPS, attack, backgrounds, clip, read_video  # noqa: E402
+from bench.pad import CLIPS, DATA, FPS, GENUINE_CLIPS, Door, attack, backgrounds, clip, read_video  # noqa: E402
 from edge.door.liveness import LivenessConfig  # noqa: E402
 from edge.door.pad_cues import (  # noqa: E402
     BEZEL_SIDES,
@@ -101,7 +101,7 @@ def attack_detection(engine, n: int, seed: int, moire_min: float) -> dict[str, d
         res = dict.fromkeys((*CUES, "any"), 0) | {"n": 0, "no face": 0}
         for _ in range(n):
             p = attack(kind, np.random.default_rng(rng.integers(2**32)), bgs, clips, photos)
-            frames = [c for i in range(WINDOW) if (c := frame_cues(engine, p.frame(i / FPS, None, 0))) is not None]
+            frames = [c for i in range(WINDOW) if (c := frame_cues(engine, p.frame(i / FPS, Door()))) is not None]
             res["n"] += 1
             bar.update()
             if len(frames) < 5:  # the door's screen cue needs 5 frames of the track too

@@ -1,6 +1,6 @@
 """Presentation-attack defence from what the door has: the timing of its own prompt and the mesh.
 
-Three checks, each run per track next to the smile gate (edge.door.smile), each able only to
+The checks, each run per track next to the smile gate (edge.door.smile), each able only to
 *refuse* (docs/presentation-attacks.md gives the measurement, bench/pad.py):
 
 * **Challenge and response.** The door does not say "Smile to pay" when the face appears. Once the
@@ -11,21 +11,23 @@ Three checks, each run per track next to the smile gate (edge.door.smile), each 
   also come within ``reaction_max_s`` of the prompt. A smile already under way at the
   prompt, or one before it, or a late one, does not count: the challenge is re-issued with a new
   random delay, at most ``max_challenges`` times, then "see the driver".
-* **Flatness.** A photo or a screen is a plane: as it moves, the mesh's rigid points (eye corners,
-  nose, brows, temples, cheeks; not the mouth or jaw) move from frame to frame by a homography,
-  while a real head shows parallax between the nose and the cheeks that no homography explains.
-  Over the track's frames, for each pair (first kept frame, later frame) we fit a similarity
-  (what any in-plane motion explains) and a homography, residuals in units of the inter-ocular
-  distance. A pair is *informative* when the similarity leaves at least ``flat_min_motion`` (the
-  face moved out of its plane); a face is flat when at least ``flat_min_pairs`` informative pairs
-  exist and the homography explains them down to ``flat_ratio`` of the similarity's residual.
-  A face that never moves out of plane is not judged flat (a rider standing still is the common
-  case); the photo held perfectly still is left to the smile gate's frozen check.
+* **Turn (flatness).** A photo or a screen is a plane: turned by a hand, it shows the same
+  frontal face, narrower; a real head that turns shows its profile. The mesh's own depth sees the
+  difference: its head yaw (edge.faces.mesh.head_pose) follows a real turn (15-45 degrees on the
+  footage) but moves at most ~10 degrees when a printed or on-screen face is turned 30-45 degrees
+  (bench/pad.py). After the smile, a track that has not already shown a sustained yaw change of
+  ``turn_min_deg`` is asked to turn its head a little to the left or the right, at random; the
+  turn counts when the yaw (median of 3 frames) moves ``turn_min_deg`` the asked way within
+  ``turn_max_s``, starting no sooner than ``reaction_min_s`` after the prompt and not in one frame.
+  After ``max_turns`` prompts: "flat" when the face's outline was turned (its width/height ratio
+  changed by ``flat_shape``) but its yaw did not follow, else "turn".
 * **Near-infrared.** With a NIR camera beside the colour one (hardware.cameras.nir, ``nir``), the
   face followed in colour must also be found, at the mapped place, in most of the NIR pictures: a
   screen emits no 850 nm light.
-* **Screen cue.** The median over the track's frames of :func:`edge.door.pad_cues.moire_peak`
-  (a display's pixel grid beating against the camera's) refuses a face shown on a screen.
+* **Image cues** (edge.door.pad_cues), over the track's last 45 frames: a display's moire
+  (``screen_cue``, on), a bezel or paper edge enclosing the face (``bezel_cue``), glare
+  (``glare_cue``), a washed-out face (``colour_cue``); the last three are off until measured on
+  the door's own footage.
 """
 
 from __future__ import annotations
@@ -37,21 +39,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge.door.pad_cues import moire_peak
+from edge.door.pad_cues import (
+    BEZEL_SIDES,
+    GLARE_AREA,
+    MAX_SATURATION,
+    border_lines,
+    enclosing_sides,
+    face_saturation,
+    glare_area,
+    moire_peak,
+)
 from edge.faces.geometry import Rect, iou
+from edge.faces.mesh import FOREHEAD, LEFT_CHEEK, NOSE_TIP, RIGHT_CHEEK, head_pose
 
 log = logging.getLogger(__name__)
 
-#: Mesh points that move rigidly with the skull: eye corners, brows, nose bridge and tip, nose
-#: wings, temples, cheek contour (MediaPipe's canonical face mesh). Mouth and jaw are left out: a
-#: smile or speech moves them non-rigidly on a photo-realistic video replay too.
-RIGID = np.array([33, 133, 362, 263, 70, 300, 105, 334, 168, 6, 197, 195, 4, 1, 98, 327, 127, 356, 234, 454,
-                  93, 323, 10, 151, 9, 8])  # fmt: skip
-RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+Ask = Literal["wait", "smile", "turn_left", "turn_right"]
 
 
 class LivenessConfig(BaseModel):
@@ -59,39 +65,70 @@ class LivenessConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    challenge: bool = Field(True, description="Prompt to smile at a random moment; count only smiles that react to it")
+    challenge: bool = Field(
+        True, description="Prompt to smile at a random moment and count only smiles that react to it; "
+        "then, with 'turn', ask for a head turn. Off for recorded footage, whose riders never saw a prompt"
+    )  # fmt: skip
     stable_s: float = Field(0.3, ge=0, description="Seconds of good-quality face before the random delay starts")
     delay_min_s: float = Field(0.5, ge=0, description="Shortest random delay before the prompt")
     delay_max_s: float = Field(2.0, ge=0, description="Longest random delay before the prompt")
     reaction_min_s: float = Field(
-        0.15, ge=0, description="A smile starting sooner after the prompt is not a reaction to it (visual RT floor)"
-    )
+        0.15, ge=0, description="A smile or turn starting sooner after its prompt is not a reaction to it "
+        "(visual reaction-time floor)"
+    )  # fmt: skip
     reaction_max_s: float = Field(
         1.5, gt=0, description="A smile starting later is not counted; the challenge is re-issued"
     )
     max_challenges: int = Field(3, ge=1, description="Prompts without a reacting smile before 'see the driver'")
     rise_min_s: float = Field(
-        0.06, ge=0, description="A smile going from neutral to full faster (one frame: a swapped photo) does not count"
-    )
-    flatness: bool = Field(
-        False, description="Refuse a face whose rigid mesh points move as a plane. Off: on real footage of moving "
-        "heads 58% of 45-frame windows were judged flat (bench/pad.py --cues, docs/presentation-attacks.md)"
-    )
-    flat_window: int = Field(45, ge=3, description="Frames of the track kept for the flatness test")
-    flat_min_motion: float = Field(
-        0.012, gt=0, description="Similarity residual (x inter-ocular distance) that makes a frame pair informative"
-    )
-    flat_ratio: float = Field(
-        0.75, gt=0, le=1, description="Homography residual / similarity residual at most this on a flat face "
-        "(genuine footage 0.82-0.98, hand-moved synthetic prints and screens 0.53-0.80)"
-    )
-    flat_min_pairs: int = Field(10, ge=1, description="Informative frame pairs needed before a face can be judged flat")
+        0.06, ge=0, description="A smile (or turn) going from neutral to full faster (one frame: a swapped photo) "
+        "does not count"
+    )  # fmt: skip
+    turn: bool = Field(
+        True, description="After the smile, ask a face that has not shown its depth yet to turn a little left or "
+        "right (random): a photo or a screen turned by hand does not turn the mesh's head yaw (needs 'challenge')"
+    )  # fmt: skip
+    turn_min_deg: float = Field(
+        15.0, gt=0, le=25, description="Head-yaw change that counts as a turn (real turns on the footage 15-45; "
+        "printed and on-screen faces turned 30-45 degrees by hand: at most ~10)"
+    )  # fmt: skip
+    turn_max_s: float = Field(2.5, gt=0, description="Seconds after the turn prompt to complete the turn")
+    max_turns: int = Field(2, ge=1, description="Turn prompts without a turn before 'see the driver'")
+    flat_shape: float = Field(
+        0.08, gt=0, description="Change of the face's width/height ratio that shows it was turned; turned so "
+        "without its yaw following, it is refused as 'flat' (a plane) rather than 'turn'"
+    )  # fmt: skip
     screen_cue: bool = Field(True, description="Refuse a face whose patch shows a display's moire (edge.door.pad_cues)")
     screen_peak: float = Field(
         3.2, gt=0, description="Median spectral peak over the track's frames at least this: a screen "
         "(genuine footage: frames <= 3.0, track medians <= 2.1; synthetic screens: medians >= 3.5)"
     )
-    screen_min_frames: int = Field(5, ge=1, description="Frames of the track needed before the screen cue is used")
+    screen_min_frames: int = Field(5, ge=1, description="Frames of the track needed before an image cue is used")
+    bezel_cue: bool = Field(
+        False, description="Refuse a face enclosed by straight edges that keep their place around it (a phone's "
+        "bezel, a card's paper edge; edge.door.pad_cues.enclosing_sides). Off until measured on the door's own "
+        "footage (bench/pad_cues.py --genuine): a door opening framing the rider could look the same"
+    )  # fmt: skip
+    bezel_sides: int = Field(
+        BEZEL_SIDES, ge=1, le=4, description="Sides of the face (of 4) with such an edge over the track's last 45 "
+        "frames at least this: a card or screen (genuine footage <= 2; synthetic prints and phones 3-4)"
+    )  # fmt: skip
+    glare_cue: bool = Field(
+        False, description="Refuse a face under a large bright colourless region (a screen's or glossy print's "
+        "glare; edge.door.pad_cues.glare_area). Off: thin margin on genuine footage"
+    )  # fmt: skip
+    glare_area: float = Field(
+        GLARE_AREA, gt=0, le=1, description="Median share of the face box under the largest glare region at "
+        "least this: glare (genuine 45-frame medians <= 0.06; synthetic phones 0-0.52)"
+    )  # fmt: skip
+    colour_cue: bool = Field(
+        False, description="Refuse a washed-out face (a screen's tint and gamut; edge.door.pad_cues.face_saturation). "
+        "Off: dim night lighting may wash out real faces too"
+    )  # fmt: skip
+    min_saturation: float = Field(
+        MAX_SATURATION, ge=0, le=255, description="Median HSV saturation of the face box at most this: a screen "
+        "(genuine 45-frame medians >= 57; synthetic screens 11-71, prints 55-104)"
+    )  # fmt: skip
     nir: bool = Field(
         False, description="Require the face in the near-infrared camera's picture too (hardware.cameras.nir); "
         "fails closed: with no NIR frames, nobody passes"
@@ -112,118 +149,99 @@ class LivenessConfig(BaseModel):
             raise ValueError("liveness: delay_max_s must be >= delay_min_s")
         if self.reaction_max_s <= self.reaction_min_s:
             raise ValueError("liveness: reaction_max_s must be > reaction_min_s")
+        if self.turn_max_s <= self.reaction_min_s:
+            raise ValueError("liveness: turn_max_s must be > reaction_min_s")
         return self
 
 
 @dataclass
 class LivenessState:
-    """Per-track state of the challenge and the flatness test."""
+    """Per-track state of the challenges."""
 
     stable_since: float | None = None
-    prompt_at: float | None = None  # when the prompt is (or was) shown
+    prompt_at: float | None = None  # when the smile prompt is (or was) shown
     delay: float | None = None
     challenges: int = 0
     last_neutral: float | None = None  # ts of the last frame the smile was back at the track's neutral
     first_smile: float | None = None  # ts of the first smiling frame after it
-    points: deque = field(default_factory=lambda: deque(maxlen=300))  # rigid (n, 2) per frame
-    flat: Flatness | None = None
     onset: float | None = None  # start of the accepted smile
+    pose: deque = field(default_factory=lambda: deque(maxlen=300))  # (ts, yaw, width/height) per frame
+    turn_at: float | None = None  # when the current turn prompt was shown (None: not asked)
+    turn_dir: int = 0  # +1: the rider's left (mesh yaw rises), -1: the rider's right
+    turns: int = 0
     moire: deque = field(default_factory=lambda: deque(maxlen=45))  # moire_peak per frame
+    borders: deque = field(default_factory=lambda: deque(maxlen=45))  # border_lines per frame
+    glare: deque = field(default_factory=lambda: deque(maxlen=45))  # glare_area per frame
+    saturation: deque = field(default_factory=lambda: deque(maxlen=45))  # face_saturation per frame
     nir: deque = field(default_factory=lambda: deque(maxlen=45))  # face found in NIR, per frame with a NIR picture
 
-
-@dataclass(frozen=True)
-class Flatness:
-    pairs: int  # informative frame pairs
-    ratio: float  # median homography / similarity residual over them (nan if none)
-    motion: float  # largest similarity residual seen (x inter-ocular distance)
-    flat: bool
+    @property
+    def turning(self) -> bool:
+        """The smile was accepted and the door is asking for a head turn."""
+        return self.turn_at is not None
 
 
 @dataclass(frozen=True)
 class Verdict:
     """What the liveness checks say on one frame.
 
-    ``prompted``: the door is now asking for the smile (before that, "look at the camera");
-    ``accept``: a smile that passed the smile gate also passed the challenge;
-    ``refuse``: a final reason ("flat" or "challenge"), None to go on;
-    ``note``: why a passed smile was not counted ("early", "late", "already"), for the log.
+    ``ask``: what the door shows ("wait": look at the camera; "smile"; "turn_left"/"turn_right");
+    ``accept``: the face passed every challenge and check; ``refuse``: a final reason, None to go
+    on; ``note``: why a smile or turn was not counted ("early", "late", "already", "instant",
+    "wrong_way", "none"), for the log.
     """
 
-    prompted: bool
+    ask: Ask
     accept: bool = False
-    refuse: Literal["flat", "screen", "nir", "challenge"] | None = None
+    refuse: Literal["turn", "flat", "screen", "bezel", "glare", "colour", "nir", "challenge"] | None = None
     note: str = ""
 
-
-def _iod(p: np.ndarray) -> float:
-    return float(np.linalg.norm(p[0] - p[3])) + 1e-9  # RIGID[0], RIGID[3]: outer eye corners
-
-
-def _similarity_residual(a: np.ndarray, b: np.ndarray) -> float:
-    """RMS residual of the least-squares similarity a -> b (complex form z' = s z + t)."""
-    za = a[:, 0] + 1j * a[:, 1]
-    zb = b[:, 0] + 1j * b[:, 1]
-    m = np.stack([za, np.ones_like(za)], 1)
-    coef, *_ = np.linalg.lstsq(m, zb, rcond=None)
-    return float(np.sqrt(np.mean(np.abs(m @ coef - zb) ** 2)))
+    @property
+    def prompted(self) -> bool:
+        return self.ask != "wait"
 
 
-def _homography_residual(a: np.ndarray, b: np.ndarray) -> float:
-    h, _ = cv2.findHomography(a.astype(np.float64), b.astype(np.float64), 0)
-    if h is None:
-        return float("inf")
-    pa = np.hstack([a, np.ones((len(a), 1))]) @ h.T
-    pa = pa[:, :2] / pa[:, 2:3]
-    return float(np.sqrt(np.mean(np.sum((pa - b) ** 2, 1))))
+def outline_ratio(points: np.ndarray) -> float:
+    """Width (cheek to cheek) over height (forehead to nose tip) of the face in the image: a plane
+    turned about its vertical axis gets narrower, about its horizontal axis shorter."""
+    p = np.asarray(points, np.float64)[:, :2]
+    return float(np.linalg.norm(p[LEFT_CHEEK] - p[RIGHT_CHEEK]) / (np.linalg.norm(p[NOSE_TIP] - p[FOREHEAD]) + 1e-9))
 
 
-def flatness(frames: list[np.ndarray], cfg: LivenessConfig) -> Flatness:
-    """The flatness test over a track's rigid points (a list of (n, 2) arrays, oldest first)."""
-    if len(frames) < 2:
-        return Flatness(0, float("nan"), 0.0, False)
-    ref = frames[0]
-    ratios: list[float] = []
-    motion = 0.0
-    step = max(1, (len(frames) - 1) // cfg.flat_window)
-    for cur in frames[1::step]:
-        scale = _iod(ref)
-        sim = _similarity_residual(ref, cur) / scale
-        motion = max(motion, sim)
-        if sim < cfg.flat_min_motion:
-            continue
-        ratios.append(_homography_residual(ref, cur) / scale / sim)
-    ratio = float(np.median(ratios)) if ratios else float("nan")
-    flat = len(ratios) >= cfg.flat_min_pairs and ratio <= cfg.flat_ratio
-    return Flatness(len(ratios), ratio, motion, flat)
+def sustained_yaw_span(pose: list[tuple[float, float, float]], k: int = 5) -> float:
+    """Range of the head yaw's running median over ``k`` frames: a turn the face held, not one odd frame."""
+    yaw = np.array([y for _, y, _ in pose])
+    if len(yaw) < k:
+        return 0.0
+    med = np.median(np.lib.stride_tricks.sliding_window_view(yaw, k), axis=1)
+    return float(med.max() - med.min())
 
 
 class Liveness:
-    """The challenge and the flatness test; one :class:`LivenessState` per track."""
+    """The challenges and the cues; one :class:`LivenessState` per track."""
 
     def __init__(self, cfg: LivenessConfig, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.rng = rng or random.SystemRandom()
 
-    def _flat(self, st: LivenessState) -> bool:
-        """The flatness test over the last ``flat_window`` frames (run only when a smile passes)."""
-        if not self.cfg.flatness:
-            return False
-        st.flat = flatness(list(st.points)[-self.cfg.flat_window :], self.cfg)
-        if st.flat.flat:
-            log.warning("flat face: homography explains %.2f of the motion over %d frame pairs",
-                        st.flat.ratio, st.flat.pairs)  # fmt: skip
-        return st.flat.flat
-
-    def _screen(self, st: LivenessState) -> bool:
-        """The screen cue: the median moire peak over the track's recent frames."""
-        if not self.cfg.screen_cue or len(st.moire) < self.cfg.screen_min_frames:
-            return False
-        peak = float(np.median(st.moire))
-        if peak >= self.cfg.screen_peak:
+    def _image_cue(self, st: LivenessState) -> str | None:
+        """The image cues over the track's recent frames: the first that refuses, or None."""
+        cfg = self.cfg
+        if len(st.moire) >= cfg.screen_min_frames and (peak := float(np.median(st.moire))) >= cfg.screen_peak:
             log.warning("screen: median moire peak %.2f over %d frames", peak, len(st.moire))
-            return True
-        return False
+            return "screen"
+        if len(st.borders) >= cfg.screen_min_frames and (sides := enclosing_sides(list(st.borders))) >= cfg.bezel_sides:
+            log.warning("bezel: straight edges on %d sides of the face over %d frames", sides, len(st.borders))
+            return "bezel"
+        if len(st.glare) >= cfg.screen_min_frames and (area := float(np.median(st.glare))) >= cfg.glare_area:
+            log.warning("glare: %.2f of the face box over %d frames", area, len(st.glare))
+            return "glare"
+        if len(st.saturation) >= cfg.screen_min_frames and (
+            sat := float(np.median(st.saturation))
+        ) <= cfg.min_saturation:
+            log.warning("colour: face saturation %.0f over %d frames", sat, len(st.saturation))
+            return "colour"
+        return None
 
     def _no_nir(self, st: LivenessState) -> bool:
         if not self.cfg.nir:
@@ -233,6 +251,13 @@ class Liveness:
             log.warning("no face in near-infrared: %d of %d NIR frames", sum(st.nir), len(st.nir))
             return True
         return False
+
+    def _cues(self, st: LivenessState) -> Verdict | None:
+        if cue := self._image_cue(st):
+            return Verdict("smile", refuse=cue)
+        if self._no_nir(st):
+            return Verdict("smile", refuse="nir")
+        return None
 
     def nir_agrees(self, detect: Callable[[np.ndarray], list], nir: np.ndarray | None, rect: Rect) -> bool | None:
         """Is a face at ``rect`` (colour pixels) in the NIR picture? None without NIR or with the check off.
@@ -252,6 +277,13 @@ class Liveness:
         st.prompt_at = ts + st.delay
         st.challenges += 1
 
+    def _ask_turn(self, st: LivenessState, ts: float) -> Verdict:
+        st.turn_at, st.turn_dir = ts, self.rng.choice((-1, 1))
+        st.turns += 1
+        log.info("asking for a head turn to the %s (%d of %d)", "left" if st.turn_dir > 0 else "right",
+                 st.turns, self.cfg.max_turns)  # fmt: skip
+        return Verdict("turn_left" if st.turn_dir > 0 else "turn_right")
+
     def update(
         self,
         st: LivenessState,
@@ -262,20 +294,31 @@ class Liveness:
         smiling: bool = False,
         patch: np.ndarray | None = None,
         nir_face: bool | None = None,
+        rgb: np.ndarray | None = None,
+        rect: Rect | None = None,
     ) -> Verdict:
-        """One good-quality frame of a track.
+        """One good-quality frame of a track, before the smile was accepted.
 
-        ``points``: the face's mesh points (478, >=2), image pixels; ``neutral``: the smile gate
+        ``points``: the face's mesh points (478, 3), image pixels; ``neutral``: the smile gate
         sees the track at its own neutral on this frame; ``passed``: the smile gate passed on it;
         ``smiling``: the gate counts this frame as a smiling one; ``patch``: the face box as a
         150x150 grey image (edge.door.quality.face_patch), for the screen cue; ``nir_face``:
-        :meth:`nir_agrees` on this frame (None: no NIR picture).
+        :meth:`nir_agrees` on this frame (None: no NIR picture); ``rgb`` and ``rect``: the frame and
+        the face's box, for the bezel, glare and colour cues. Once a turn is asked
+        (``st.turning``), frames go to :meth:`turn` instead.
         """
         cfg = self.cfg
-        if cfg.flatness:
-            st.points.append(np.asarray(points, np.float64)[RIGID, :2])
+        points = np.asarray(points, np.float64)
+        st.pose.append((ts, head_pose(points)[0], outline_ratio(points)))
         if cfg.screen_cue and patch is not None and min(patch.shape[:2]) >= 128:
             st.moire.append(moire_peak(patch))
+        if rgb is not None and rect is not None:
+            if cfg.bezel_cue:
+                st.borders.append(border_lines(rgb, rect))
+            if cfg.glare_cue:
+                st.glare.append(glare_area(rgb, rect))
+            if cfg.colour_cue:
+                st.saturation.append(face_saturation(rgb, rect))
         if nir_face is not None:
             st.nir.append(nir_face)
         if neutral:
@@ -283,20 +326,17 @@ class Liveness:
         elif smiling and st.first_smile is None:
             st.first_smile = ts
         if not cfg.challenge:
-            if passed and self._screen(st):
-                return Verdict(True, refuse="screen")
-            if passed and self._no_nir(st):
-                return Verdict(True, refuse="nir")
-            if passed and self._flat(st):
-                return Verdict(True, refuse="flat")
-            return Verdict(True, accept=passed)
+            if passed and (refused := self._cues(st)):
+                return refused
+            return Verdict("smile", accept=passed)
         if st.stable_since is None:
             st.stable_since = ts
         if st.prompt_at is None and ts - st.stable_since >= cfg.stable_s:
             self._schedule(st, ts)
         prompted = st.prompt_at is not None and ts >= st.prompt_at
+        ask: Ask = "smile" if prompted else "wait"
         if not passed:
-            return Verdict(prompted)
+            return Verdict(ask)
         # The smile gate passed on this frame: did the smile start as a reaction to the prompt?
         onset = st.last_neutral
         note = ""
@@ -315,14 +355,51 @@ class Liveness:
         if note:
             log.info("smile not counted (%s): onset %s, prompt at %s", note, onset, st.prompt_at)
             if st.challenges >= cfg.max_challenges:
-                return Verdict(prompted, refuse="challenge", note=note)
+                return Verdict(ask, refuse="challenge", note=note)
             self._schedule(st, ts)  # a new unpredictable prompt; the gate needs a new neutral first
-            return Verdict(False, note=note)
+            return Verdict("wait", note=note)
         st.onset = onset
-        if self._screen(st):
-            return Verdict(True, refuse="screen")
-        if self._no_nir(st):
-            return Verdict(True, refuse="nir")
-        if self._flat(st):
-            return Verdict(True, refuse="flat")
-        return Verdict(True, accept=True)
+        if refused := self._cues(st):
+            return refused
+        if cfg.turn and sustained_yaw_span(list(st.pose)) < cfg.turn_min_deg:
+            return self._ask_turn(st, ts)  # no depth seen yet: the second challenge
+        return Verdict("smile", accept=True)
+
+    def turn(self, st: LivenessState, ts: float, points: np.ndarray) -> Verdict:
+        """One frame while a head turn is asked (any quality: a turned head fails the pose gate)."""
+        cfg = self.cfg
+        assert st.turn_at is not None
+        points = np.asarray(points, np.float64)
+        st.pose.append((ts, head_pose(points)[0], outline_ratio(points)))
+        ask: Ask = "turn_left" if st.turn_dir > 0 else "turn_right"
+        before = [(y, r) for t, y, r in st.pose if st.turn_at - 0.5 <= t <= st.turn_at] or [st.pose[-1][1:]]
+        yaw0 = float(np.median([y for y, _ in before]))
+        ratio0 = float(np.median([r for _, r in before]))
+        after = [(t, st.turn_dir * (y - yaw0), r) for t, y, r in st.pose if t > st.turn_at]
+        note = ""
+        if len(after) >= 3:
+            held = float(np.median([d for _, d, _ in after[-3:]]))
+            if held >= cfg.turn_min_deg:
+                onset = max((t for t, d, _ in after if d < 3.0), default=st.turn_at)
+                half = min(t for t, d, _ in after if d >= cfg.turn_min_deg / 2)
+                full = min(t for t, d, _ in after if d >= cfg.turn_min_deg)
+                if onset - st.turn_at < cfg.reaction_min_s:
+                    note = "early"  # under way before the rider could have read the prompt
+                elif full - half < cfg.rise_min_s:
+                    note = "instant"  # half to full turn between two frames: a swapped photo
+                else:
+                    st.turn_at = None
+                    return self._cues(st) or Verdict(ask, accept=True)
+            elif held <= -cfg.turn_min_deg:
+                note = "wrong_way"
+        if not note and ts - st.turn_at <= cfg.turn_max_s:
+            return Verdict(ask)
+        note = note or "none"
+        ratios = [r for _, _, r in after]
+        held_ratios = [float(np.median(ratios[i : i + 3])) for i in range(len(ratios) - 2)]
+        shape = max((abs(r / ratio0 - 1) for r in held_ratios), default=0.0)
+        log.info("turn not counted (%s): %d of %d, outline changed %.2f", note, st.turns, cfg.max_turns, shape)
+        if st.turns >= cfg.max_turns:
+            flat = shape >= cfg.flat_shape and note == "none"  # turned as a picture: no yaw followed
+            return Verdict(ask, refuse="flat" if flat else "turn", note=note)
+        return Verdict(self._ask_turn(st, ts).ask, note=note)

@@ -11,7 +11,7 @@ Per frame::
       -> for the door face only: Face Mesh V2 (its ROI from the face's own landmarks of the last
          frame, as MediaPipe tracks, or from the detection) -> blendshapes -> quality gate from
          the mesh -> smile gate on the blendshapes -> with ``liveness``: the presentation-attack
-         checks (edge.door.liveness: prompt timing, screen cue, NIR, flatness), which may refuse
+         checks (edge.door.liveness: prompt timing, head turn, screen cue, NIR), which may refuse
       -> 5-point landmarks, aligned chip and ResNet embedding, only once the smile gate has passed
          for this track and the frame passes quality
       -> match against the Gallery: a vote counts when edge.faces.match.Rule accepts it (distance
@@ -144,8 +144,14 @@ MESSAGES = {
     "wrong_code": "Wrong code: please try again",
     # presentation-attack defence (edge.door.liveness, docs/presentation-attacks.md)
     "wait": "Look at the camera",
+    "turn_left": "Now turn your head a little to your left",
+    "turn_right": "Now turn your head a little to your right",
     "flat": "Sorry, we could not confirm a live face: please see the driver",
+    "turn": "Please turn your head when asked: see the driver",
     "screen": "Sorry, we could not confirm a live face: please see the driver",
+    "bezel": "Sorry, we could not confirm a live face: please see the driver",
+    "glare": "Sorry, we could not confirm a live face: please see the driver",
+    "colour": "Sorry, we could not confirm a live face: please see the driver",
     "nir": "Sorry, we could not confirm a live face: please see the driver",
     "challenge": "Please smile when asked: see the driver",
 }
@@ -160,8 +166,8 @@ class DoorDecision:
     ts: float
     action: Action
     rider_id: str | None
-    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "second_factor", "flat", "screen", "nir",
-    #: "challenge" or the ledger's refusal reason
+    #: "matched", "unknown", "ambiguous", "frozen", "attempts", "second_factor", the liveness reasons
+    #: ("challenge", "turn", "flat", "screen", "bezel", "glare", "colour", "nir") or the ledger's refusal reason
     reason: str
     message: str
     distance: float | None = None
@@ -227,7 +233,7 @@ class BusPipeline:
         self.feedback = feedback or (lambda fb: None)
         self.tracker = tracker or IouTracker()
         self.second_factor = second_factor  # edge.door.second_factor; None: "see the driver" instead
-        #: Presentation-attack checks (challenge, flatness); None: the smile gate alone decides.
+        #: Presentation-attack checks (challenges, cues); None: the smile gate alone decides.
         self.liveness = Liveness(liveness) if isinstance(liveness, LivenessConfig) else liveness
         c = self.cfg
         self.regions: RegionPlanner | None = None
@@ -365,6 +371,16 @@ class BusPipeline:
         q = assess_mesh(face.points, blink(scores), patch, rect, rgb.shape, self.quality_cfg)
         st.last_quality = q
         self.stage_ms["quality"] = (time.perf_counter() - t0) * 1e3
+        if self.liveness is not None and not st.armed and st.pad.turning:
+            # the second challenge: a turned head fails the pose gate, so it sees every mesh frame
+            v = self.liveness.turn(st.pad, ts, face.points)
+            if v.refuse:
+                return self._decide(tid, index, ts, "see_driver", None, v.refuse)
+            if not v.accept:
+                self._prompt(tid, v.ask)
+                return None
+            st.armed = True
+            log.info("track %d: head turn accepted at frame %d", tid, index)
         if not q.ok:
             self._prompt(tid, q.reasons[0], q.message)
             return None
@@ -381,12 +397,12 @@ class BusPipeline:
             if self.liveness is not None:  # presentation-attack hook (edge.door.liveness)
                 v = self.liveness.update(
                     st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile", patch,
-                    self.liveness.nir_agrees(self.engine.detect, self._nir, rect),
+                    self.liveness.nir_agrees(self.engine.detect, self._nir, rect), rgb, rect,
                 )
                 if v.refuse:
                     return self._decide(tid, index, ts, "see_driver", None, v.refuse)
                 if not v.accept:
-                    self._prompt(tid, "smile" if v.prompted else "wait")
+                    self._prompt(tid, v.ask)
                     return None
             elif not result.passed:
                 self._prompt(tid, "smile")

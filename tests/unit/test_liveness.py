@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edge.door.liveness import RIGID, Liveness, LivenessConfig, LivenessState, flatness
+from edge.door.liveness import Liveness, LivenessConfig, LivenessState, outline_ratio, sustained_yaw_span
 from edge.door.pipeline import MESSAGES
 
 FPS = 30.0
-CFG = LivenessConfig(stable_s=0.3, delay_min_s=0.5, delay_max_s=2.0, reaction_min_s=0.15, reaction_max_s=1.5)
+CFG = LivenessConfig(
+    stable_s=0.3, delay_min_s=0.5, delay_max_s=2.0, reaction_min_s=0.15, reaction_max_s=1.5, turn=False
+)  # the smile challenge alone; the turn has its own tests below
 POINTS = np.zeros((478, 3))
 
 
@@ -117,43 +119,90 @@ def test_a_missed_challenge_is_reissued_then_bounded():
         if v.refuse:
             break
     assert v.refuse == "challenge" and len(notes) == 2 and st.challenges == 2
-    assert MESSAGES["challenge"] and MESSAGES["wait"] and MESSAGES["flat"]
+    assert MESSAGES["challenge"] and MESSAGES["wait"]
 
 
-def _project(pts3: np.ndarray, yaw: float, pitch: float, shift: float) -> np.ndarray:
-    cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
-    r = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-    w = pts3 @ r.T + [shift, 0, 600.0]
-    return 600 * w[:, :2] / w[:, 2:3] + [320, 240]
-
-
-def _face(depth: float, rng: np.random.Generator) -> np.ndarray:
-    """478 points; the RIGID ones a face-sized cloud whose z spans ``depth`` px (0: a photo)."""
+def _head(yaw_deg: float, plane: bool, squeeze: float = 1.0) -> np.ndarray:
+    """Mesh output for a face: a real head turned by ``yaw_deg`` (its 3-D points rotate), or a
+    photo turned so (the mesh sees the same frontal face, ``squeeze``d narrower: its yaw stays)."""
     pts = np.zeros((478, 3))
-    pts[RIGID, :2] = rng.uniform(-90, 90, (len(RIGID), 2))
-    pts[RIGID[0], :2], pts[RIGID[3], :2] = (-70, -30), (70, -30)  # outer eye corners
-    pts[RIGID, 2] = depth * (pts[RIGID, :2] ** 2).sum(1) / (2 * 90**2)  # a round head: the sides lie behind
-    return pts
+    # forehead 10, chin 152, right cheek 234, left cheek 454, nose tip 1 (x, y, z in px; z away from the camera)
+    pts[[10, 152, 234, 454, 1]] = [[0, -90, 20], [0, 90, 20], [-70, 0, 60], [70, 0, 60], [0, 10, -30]]
+    if plane:
+        pts[:, 0] *= squeeze
+        return pts + [320, 240, 0]
+    a = -math.radians(yaw_deg)  # edge.faces.mesh.head_pose then reads +yaw_deg
+    r = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    return pts @ r.T + [320, 240, 0]
 
 
-@pytest.mark.parametrize("depth, flat", [(0.0, True), (80.0, False)])
-def test_flatness_tells_a_moving_plane_from_a_turning_head(depth, flat):
-    rng = np.random.default_rng(0)
-    face = _face(depth, rng)
-    frames = []
-    for i in range(45):
-        t = i / FPS
-        p2 = _project(face, math.radians(25 * math.sin(2 * t)), math.radians(15 * math.sin(3 * t)), 10 * t)
-        frames.append(p2[RIGID] + rng.normal(0, 0.2, (len(RIGID), 2)))
-    f = flatness(frames, CFG)
-    assert f.pairs >= CFG.flat_min_pairs and f.flat is flat
+def turn_run(cfg: LivenessConfig, yaw_of, plane: bool = False, seconds: float = 8.0, seed: int = 0):
+    """Smile on the first prompt (0.4 s after it), then answer turn prompts with
+    ``yaw_of(dir, seconds since the turn prompt) -> degrees`` (a photo: squeezed by the turn, yaw 0)."""
+    pad = Liveness(cfg, random.Random(seed))
+    st = LivenessState()
+    asked: list[tuple[float, int]] = []
+    v = None
+    for i in range(int(seconds * FPS)):
+        ts = i / FPS
+        if st.turning:
+            if not asked or asked[-1][0] != st.turn_at:
+                asked.append((st.turn_at, st.turn_dir))
+            yaw = yaw_of(st.turn_dir, ts - st.turn_at)
+            pts = _head(0, True, math.cos(math.radians(yaw))) if plane else _head(yaw, False)
+            v = pad.turn(st, ts, pts)
+        else:
+            k = -1 if st.prompt_at is None or ts < st.prompt_at + 0.4 else int(round((ts - st.prompt_at - 0.4) * FPS))
+            v = pad.update(st, ts, _head(0, False), k < 0, k == 5, k >= 3)
+        if v.accept or v.refuse:
+            break
+    return v, st, asked
 
 
-def test_flatness_does_not_judge_a_face_that_does_not_move():
-    rng = np.random.default_rng(0)
-    face = _project(_face(80.0, rng), 0, 0, 0)[RIGID]
-    f = flatness([face + rng.normal(0, 0.2, face.shape) for _ in range(45)], CFG)
-    assert f.pairs == 0 and not f.flat
+def _ramp(delay: float, deg: float = 25.0, over: float = 0.3):
+    return lambda d, t: d * deg * min(1.0, max(0.0, (t - delay) / over))
+
+
+def test_a_head_that_turns_the_asked_way_passes_the_second_challenge():
+    v, st, asked = turn_run(CFG.model_copy(update={"turn": True}), _ramp(0.4))
+    assert v.accept and len(asked) == 1 and st.turns == 1
+    assert {turn_run(CFG.model_copy(update={"turn": True}), _ramp(0.4), seed=s)[2][0][1] for s in range(12)} == {-1, 1}
+
+
+def test_a_face_that_already_turned_is_not_asked_again():
+    cfg = CFG.model_copy(update={"turn": True})
+    pad = Liveness(cfg, random.Random(0))
+    st = LivenessState()
+    for i in range(30):  # the rider looks around while waiting: 20 degrees, held
+        pad.update(st, i / FPS, _head(20 if i >= 15 else 0, False), True, False)
+    assert sustained_yaw_span(list(st.pose)) >= cfg.turn_min_deg
+    v, st2, asked = turn_run(cfg, _ramp(0.4))
+    assert asked  # the still rider of turn_run was asked
+    # the looking-around rider's smile is accepted with no turn
+    st.prompt_at, st.challenges, st.last_neutral, st.first_smile = 0.5, 1, 1.0, 1.1
+    assert pad.update(st, 1.2, _head(0, False), False, True, True).accept
+
+
+@pytest.mark.parametrize(
+    "yaw_of, plane, refuse, note",
+    [
+        (_ramp(0.4), True, "flat", "none"),  # a photo turned 25 degrees: narrower, but its mesh yaw stays
+        (lambda d, t: 0.0, False, "turn", "none"),  # a rider (or a photo) that does not turn
+        (lambda d, t: -d * 25.0 * min(1.0, t / 0.3), False, "turn", "wrong_way"),
+        (lambda d, t: d * 25.0, False, "turn", "early"),  # turned before the prompt: not a reaction
+        (lambda d, t: d * 25.0 * (t >= 0.6), False, "turn", "instant"),  # a swapped photo of a turned head
+    ],
+)
+def test_faces_that_do_not_turn_like_a_head_are_refused(yaw_of, plane, refuse, note):
+    v, st, asked = turn_run(CFG.model_copy(update={"turn": True}), yaw_of, plane)
+    assert v.refuse == refuse and v.note == note, v
+    assert len(asked) == st.turns == CFG.max_turns  # bounded: a new random prompt, then "see the driver"
+
+
+def test_outline_ratio_narrows_when_a_photo_turns():
+    assert outline_ratio(_head(0, True, math.cos(math.radians(25)))) == pytest.approx(
+        outline_ratio(_head(0, True)) * math.cos(math.radians(25)), rel=1e-6
+    )
 
 
 def test_config_rejects_inverted_windows():
@@ -170,7 +219,8 @@ def test_every_liveness_refusal_has_a_rider_message():
 
     literal = get_args(get_type_hints(Verdict)["refuse"])[0]
     reasons = get_args(literal)
-    assert set(reasons) == {"flat", "screen", "nir", "challenge"}
+    assert set(reasons) == {"turn", "flat", "screen", "bezel", "glare", "colour", "nir", "challenge"}
     for reason in reasons:
         assert "driver" in MESSAGES[reason]
     assert MESSAGES["wait"] == "Look at the camera"
+    assert "left" in MESSAGES["turn_left"] and "right" in MESSAGES["turn_right"]

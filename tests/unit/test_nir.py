@@ -60,7 +60,7 @@ def test_face_must_be_in_the_nir_picture_at_the_same_place(face_engine, photo):
 
 @pytest.mark.parametrize("seen, refused", [([True] * 10, False), ([False] * 10, True), ([], True)])
 def test_no_face_in_nir_refuses_when_the_smile_passes(seen, refused):
-    cfg = LivenessConfig(nir=True, challenge=False, flatness=False, screen_cue=False)
+    cfg = LivenessConfig(nir=True, challenge=False, screen_cue=False)
     pad = Liveness(cfg, random.Random(0))
     st = LivenessState()
     points = np.zeros((478, 3))
