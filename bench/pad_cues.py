@@ -11,6 +11,13 @@ presentations (a hand-moved halftone print; a photo on a hand-held phone; the ri
 replayed on a hand-held phone), before any prompt. Each presentation is one window.
 
     .venv/bin/python bench/pad_cues.py [--n 20] [--seed 7]
+
+Before switching a cue on for a bus, measure its cost on that door's own camera: record riders
+boarding (the door camera, ordinary days and nights) and run
+
+    .venv/bin/python bench/pad_cues.py --genuine door1.mp4 door2.mp4 --n 0
+
+with the bus's config (FACEFARE_CONFIG or --config): the thresholds are its ``[liveness]`` values.
 """
 
 from __future__ import annotations
@@ -28,9 +35,6 @@ sys.path.insert(0, str(ROOT))
 from bench.pad import CLIPS, DATA, FPS, GENUINE_CLIPS, Door, attack, backgrounds, clip, read_video  # noqa: E402
 from edge.door.liveness import LivenessConfig  # noqa: E402
 from edge.door.pad_cues import (  # noqa: E402
-    BEZEL_SIDES,
-    GLARE_AREA,
-    MAX_SATURATION,
     border_lines,
     enclosing_sides,
     face_saturation,
@@ -58,24 +62,28 @@ def frame_cues(engine, img: np.ndarray) -> dict | None:
     }
 
 
-def refused(frames: list[dict], moire_peak_min: float) -> dict[str, bool]:
-    """Each cue's decision over one window of frames."""
+def refused(frames: list[dict], cfg: LivenessConfig) -> dict[str, bool]:
+    """Each cue's decision over one window of frames, at the ``[liveness]`` thresholds."""
     return {
-        "moire": float(np.median([f["moire"] for f in frames])) >= moire_peak_min,
-        "glare": float(np.median([f["glare"] for f in frames])) >= GLARE_AREA,
-        "saturation": float(np.median([f["saturation"] for f in frames])) <= MAX_SATURATION,
-        "bezel": enclosing_sides([f["lines"] for f in frames]) >= BEZEL_SIDES,
+        "moire": float(np.median([f["moire"] for f in frames])) >= cfg.screen_peak,
+        "glare": float(np.median([f["glare"] for f in frames])) >= cfg.glare_area,
+        "saturation": float(np.median([f["saturation"] for f in frames])) <= cfg.min_saturation,
+        "bezel": enclosing_sides([f["lines"] for f in frames]) >= cfg.bezel_sides,
     }
 
 
-def genuine_costs(engine, moire_min: float) -> dict[str, int]:
+def genuine_costs(engine, cfg: LivenessConfig, clips: list[Path]) -> dict[str, int]:
     print(f"{'genuine clip':36} {'frames':>6} {'moire med/max':>13} {'glare med/max':>13} "
           f"{'sat med/min':>11} {'sides max':>9} {'windows':>7}  refused (moire glare sat bezel any)")  # fmt: skip
     totals = dict.fromkeys((*CUES, "any"), 0) | {"windows": 0}
-    for name in tqdm(GENUINE_CLIPS, desc="genuine clips", leave=False):
-        frames = [c for img in read_video(DATA / name) if (c := frame_cues(engine, img)) is not None]
+    for path in tqdm(clips, desc="genuine clips", leave=False):
+        name = str(path.relative_to(DATA)) if path.is_relative_to(DATA) else path.name
+        frames = [c for img in read_video(path) if (c := frame_cues(engine, img)) is not None]
+        if len(frames) < WINDOW:
+            tqdm.write(f"{name:36} {len(frames):6d} frames with a face: fewer than {WINDOW}, skipped")
+            continue
         windows = [frames[i : i + WINDOW] for i in range(0, max(1, len(frames) - WINDOW + 1), STEP)]
-        decisions = [refused(w, moire_min) for w in windows]
+        decisions = [refused(w, cfg) for w in windows]
         counts = {cue: sum(d[cue] for d in decisions) for cue in CUES} | {
             "any": sum(any(d.values()) for d in decisions)
         }
@@ -90,7 +98,7 @@ def genuine_costs(engine, moire_min: float) -> dict[str, int]:
     return totals
 
 
-def attack_detection(engine, n: int, seed: int, moire_min: float) -> dict[str, dict[str, int]]:
+def attack_detection(engine, n: int, seed: int, cfg: LivenessConfig) -> dict[str, dict[str, int]]:
     rng = np.random.default_rng(seed)
     clips = {name: clip(name) for name in CLIPS}
     bgs = backgrounds()
@@ -107,7 +115,7 @@ def attack_detection(engine, n: int, seed: int, moire_min: float) -> dict[str, d
             if len(frames) < 5:  # the door's screen cue needs 5 frames of the track too
                 res["no face"] += 1
                 continue
-            decision = refused(frames, moire_min)
+            decision = refused(frames, cfg)
             for cue, r in decision.items():
                 res[cue] += r
             res["any"] += any(decision.values())
@@ -120,22 +128,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20, help="presentations per attack type")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--genuine", nargs="+", type=Path, metavar="VIDEO",
+                    help="genuine footage to measure (a door's own recordings); default: every clip the project ships")
+    ap.add_argument("--config", type=Path, help="the bus's TOML config (default: FACEFARE_CONFIG or built-in)")
     args = ap.parse_args()
     from edge.faces.engine import FaceEngine
     from facefare.config import load_config
 
-    cfg = load_config(None)
+    cfg = load_config(args.config)
+    live = cfg.liveness
     engine = FaceEngine(cfg.models.dir, "cpu", 1, detector="blazeface")
-    moire_min = LivenessConfig().screen_peak
-    print(f"thresholds: moire median >= {moire_min}, glare median >= {GLARE_AREA}, saturation median <= "
-          f"{MAX_SATURATION}, bezel sides >= {BEZEL_SIDES}; windows of {WINDOW} frames")  # fmt: skip
-    totals = genuine_costs(engine, moire_min)
-    w = totals["windows"]
+    print(f"thresholds: moire median >= {live.screen_peak}, glare median >= {live.glare_area}, saturation median "
+          f"<= {live.min_saturation}, bezel sides >= {live.bezel_sides}; windows of {WINDOW} frames")  # fmt: skip
+    totals = genuine_costs(engine, live, args.genuine or [DATA / c for c in GENUINE_CLIPS])
+    w = max(totals["windows"], 1)
     print(
         f"genuine windows refused, of {w}: "
         + ", ".join(f"{c} {totals[c]} ({totals[c] / w:.1%})" for c in (*CUES, "any"))
     )
-    res = attack_detection(engine, args.n, args.seed, moire_min)
+    if args.n <= 0:
+        return
+    res = attack_detection(engine, args.n, args.seed, live)
     print(f"\n{'attack (refused / n)':22} {'no face':>7} " + " ".join(f"{c:>10}" for c in CUES) + f" {'any':>10}")
     for kind, r in res.items():
         print(f"{kind:22} {r['no face']:7d} " + " ".join(f"{r[c]:4d} ({r[c] / r['n']:4.0%})" for c in (*CUES, "any")))
