@@ -9,7 +9,9 @@ Select with ``-m``, e.g. ``pytest -m unit``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,16 @@ def face_engine(models_dir: Path):
     from edge.faces.engine import FaceEngine
 
     return FaceEngine(models_dir, detector="blazeface")
+
+
+@pytest.fixture(scope="session")
+def pad():
+    """bench/pad.py, the presentation-attack corpus (bench/ is not a package the tests import)."""
+    spec = importlib.util.spec_from_file_location("bench_pad", Path(__file__).parents[1] / "bench" / "pad.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_pad"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

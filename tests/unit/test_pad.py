@@ -7,8 +7,6 @@ and what they cannot show are in docs/presentation-attacks.md.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +14,6 @@ import pytest
 from edge.door.liveness import LivenessConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pad():
-    spec = importlib.util.spec_from_file_location("bench_pad", ROOT / "bench" / "pad.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pad"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ genuine frame stays on the genuine side and a rendered screen or print crosses o
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +28,6 @@ from edge.door.quality import face_patch
 ROOT = Path(__file__).resolve().parents[2]
 #: (clip, first frame, last frame) of footage with one genuine face in every frame
 GENUINE = {"door": ("single_face.mp4", 0, 14), "selfie": ("new_face_video-90.mp4", 110, 124)}
-
-
-@pytest.fixture(scope="module")
-def pad():
-    spec = importlib.util.spec_from_file_location("bench_pad", ROOT / "bench" / "pad.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pad"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def faces(engine, frames: list[np.ndarray]) -> list:
