@@ -25,7 +25,12 @@ new_face_video-90.mp4 with no face):
                     and played when the door prompts (an attacker reacting like a rider).
 
 Asked to turn the head, every attacker turns the card instead: 25-45 degrees about its vertical
-axis, one way or the other (random), after a reaction time.
+axis, one way or the other (random), after a reaction time; except
+
+* ``photo_turn_swap`` the photo_hand attacker who also holds prints of a head turned left and right
+                    and swaps in the one the door asks for (the turned heads are the real turns
+                    of ``TURNS``, placed where the photo's face was: a print of the rider's turned
+                    head in the attacker's hand).
 
 A presentation is *accepted* when the door's PAD passes it (the smile gate plus the configured
 liveness checks arm the track for identification); APCER = accepted attacks / attacks per type,
@@ -64,7 +69,7 @@ CLIPS = {
 }
 #: real head turns (short_hamilton_clip.mp4 frames, inclusive): yaw ~+7 -> -25 and ~+3 -> -30 degrees
 TURNS = ((88, 120), (176, 210))
-ATTACKS = ("photo_still", "photo_hand", "photo_screen", "replay_naive", "replay_adaptive")
+ATTACKS = ("photo_still", "photo_hand", "photo_screen", "replay_naive", "replay_adaptive", "photo_turn_swap")
 
 
 def read_video(path: Path, lo: int = 0, hi: int = 10**9) -> list[np.ndarray]:
@@ -282,7 +287,9 @@ def genuine(neutral: list[np.ndarray], smiling: list[np.ndarray], turns, rng: np
     return Presentation("genuine", frame)
 
 
-def attack(kind: str, rng: np.random.Generator, bgs: list[np.ndarray], clips: dict, photos: list[int]) -> Presentation:
+def attack(
+    kind: str, rng: np.random.Generator, bgs: list[np.ndarray], clips: dict, photos: list[int], turns=()
+) -> Presentation:
     bg = bgs[int(rng.integers(len(bgs)))].astype(np.float32)
     hand = Hand.random(rng, still=kind == "photo_still", scale=float(rng.uniform(0.45, 0.7)))
     rt = _rt(rng)
@@ -299,8 +306,16 @@ def attack(kind: str, rng: np.random.Generator, bgs: list[np.ndarray], clips: di
         render = phone_screen if kind == "photo_screen" else halftone_print
         cards = [render(neutral, rng), render(smiling, rng)]
         hand = Hand(*[getattr(hand, f) for f in ("yaw0", "pitch0", "amp", "freq", "phase", "drift")], hand.scale * 0.8)
+        turned_cards: dict[int, np.ndarray] = {}  # photo_turn_swap: a print of a turned head per direction
 
         def frame(t: float, door: Door) -> np.ndarray:
+            if kind == "photo_turn_swap" and door.turn_at is not None and t >= door.turn_at + turn_rt:
+                if door.turn_dir not in turned_cards:  # a real head turned the asked way, where the photo's face was
+                    turn = turns[len(turned_cards) % len(turns)]
+                    head = turn_cut(turn, door.turn_dir, face_box(neutral), neutral.shape)[-1]
+                    turned_cards[door.turn_dir] = render(head, rng)
+                card = turned_cards[door.turn_dir]
+                return composite(card, hand.homography(t, card.shape[:2]), bg, rng)
             swap = kind == "photo_still" or (door.smile_at is not None and t >= door.smile_at + rt)
             card = cards[1 if swap else 0]
             return composite(card, hand.homography(t, card.shape[:2], turned(t, door)), bg, rng)
@@ -384,7 +399,8 @@ def corpus(n: int, seed: int) -> Iterator[tuple[Presentation, int]]:
         yield genuine(*clips[name], turns, np.random.default_rng(rng.integers(2**32))), int(rng.integers(2**31))
     for kind in ATTACKS:
         for _ in range(n):
-            yield attack(kind, np.random.default_rng(rng.integers(2**32)), bgs, clips, photos), int(rng.integers(2**31))
+            r = np.random.default_rng(rng.integers(2**32))
+            yield attack(kind, r, bgs, clips, photos, turns), int(rng.integers(2**31))
 
 
 def summarise(outcomes: list[Outcome]) -> dict[str, dict]:
@@ -411,6 +427,104 @@ GENUINE_CLIPS = (
     "footage/grid/bbaf2n.mpg", "footage/grid/lbbc2a.mpg", "footage/grid/swiz3n.mpg",
     "footage/cremad/1001_DFA_NEU_XX.flv", "footage/cremad/1001_DFA_HAP_XX.flv", "short_hamilton_clip.mp4",
 )  # fmt: skip
+
+
+TURN_KINDS = ("genuine", "card_turned", "turned_print_swap", "turned_video_replay")
+
+
+def turn_presentation(kind: str, r: np.random.Generator, direction: int, sources: dict) -> Callable:
+    """``frame(k, t)`` of one turn-stage presentation: ``k`` frames since the reaction to the
+    prompt (negative before it), ``t`` seconds since the start (see :func:`turn_stage`)."""
+    turn = sources["turns"][int(r.integers(len(sources["turns"])))]
+    bg = sources["bgs"][int(r.integers(len(sources["bgs"])))].astype(np.float32)
+    hand = Hand.random(r, scale=float(r.uniform(0.45, 0.7)) * 0.8)
+    deg = direction * int(r.choice((-1, 1))) * float(r.uniform(25, 45))
+    if kind in ("genuine", "turned_video_replay"):
+        clips = sources["clips"]
+        _, smiling = clips[list(clips)[int(r.integers(len(clips)))]]
+        cut = turn_cut(turn, direction, face_box(smiling[0]), smiling[0].shape)
+        if kind == "genuine":
+            return lambda k, t: sensor(cut[min(k, len(cut) - 1)] if k >= 0 else pingpong(smiling, round(t * FPS)), r)
+        screens = [phone_screen(f, r) for f in [smiling[0], *cut]]
+
+        def replay(k: int, t: float) -> np.ndarray:
+            card = screens[min(max(k + 1, 0), len(screens) - 1)]
+            return composite(card, hand.homography(t, card.shape[:2]), bg, r)
+
+        return replay
+    photos = sources["photos"]
+    neutral, smiling = london(photos[int(r.integers(len(photos)))])
+    card0 = halftone_print(smiling, r)
+    card1 = card0
+    if kind == "turned_print_swap":
+        card1 = halftone_print(turn_cut(turn, direction, face_box(neutral), neutral.shape)[-1], r)
+
+    def held(k: int, t: float) -> np.ndarray:
+        card = card1 if k >= 0 else card0
+        turned = deg * min(1.0, k / (0.4 * FPS)) if kind == "card_turned" and k >= 0 else 0.0
+        return composite(card, hand.homography(t, card.shape[:2], turned), bg, r)
+
+    return held
+
+
+def turn_outcome(engine, cfg, frame: Callable, direction: int, rt: float) -> str:
+    """Run one turn-stage presentation: the face is tracked with the mesh as the door does; the
+    prompt comes at 1 s, asking ``direction``; ``frame`` reacts ``rt`` s later. One prompt only."""
+    from edge.door.liveness import Liveness, LivenessState, outline_ratio
+    from edge.door.pad_cues import moire_peak
+    from edge.door.quality import face_patch
+    from edge.faces.mesh import head_pose, roi_from_points, roi_from_rect
+
+    pad, st, prev = Liveness(cfg), LivenessState(), None
+    st.turns = cfg.max_turns  # one prompt: its outcome is final
+    for i in range(int((1.0 + cfg.turn_max_s + 0.5) * FPS)):
+        t = i / FPS
+        img = frame(round((t - 1.0 - rt) * FPS), t)
+        dets = engine.detect(img, 0)
+        if not dets:
+            prev = None
+            continue
+        det = max(dets, key=lambda d: d.rect.area)
+        roi = roi_from_points(prev) if prev is not None else roi_from_rect(det.rect, det.keypoints)
+        face = engine.mesh.landmarks(img, roi)
+        prev = face.points if face.presence >= 0.5 else None
+        if prev is None:
+            continue
+        if t < 1.0:  # before the prompt: what the smile phase collects
+            st.pose.append((t, head_pose(prev)[0], outline_ratio(prev)))
+            if cfg.screen_cue:
+                st.moire.append(moire_peak(face_patch(img, det.rect)))
+            continue
+        if st.turn_at is None:
+            st.turn_at, st.turn_dir = 1.0, direction
+        v = pad.turn(st, t, prev)
+        if v.accept or v.refuse:
+            return "accepted" if v.accept else f"{v.refuse}:{v.note}"
+    return "lost"
+
+
+def turn_stage(engine, cfg, n: int, seed: int) -> None:
+    """The head-turn check alone, on presentations that reached it (one prompt each, at 1 s).
+
+    ``genuine``: the smiling rider, then a real head turn (``TURNS``) the asked way;
+    ``card_turned``: a smiling print turned 25-45 degrees by hand; ``turned_print_swap``: a smiling
+    print swapped for a print of a head turned the asked way; ``turned_video_replay``: a phone
+    playing a video of a real head turning the asked way (a video of the rider turning).
+    Accepted: the turn counts and the image cues pass.
+    """
+    rng = np.random.default_rng(seed)
+    sources = {
+        "clips": {name: clip(name) for name in CLIPS}, "bgs": backgrounds(), "turns": head_turns(),
+        "photos": sorted(int(f.name[:3]) for f in (DATA / "london").glob("*_neutral.jpg")),
+    }  # fmt: skip
+    print(f"{'kind':22} {'n':>4} {'accepted':>8}  outcomes (reason:note)")
+    for kind in TURN_KINDS:
+        outcomes: Counter = Counter()
+        for _ in range(n):
+            r = np.random.default_rng(rng.integers(2**32))
+            direction, rt = int(r.choice((-1, 1))), _rt(r)
+            outcomes[turn_outcome(engine, cfg, turn_presentation(kind, r, direction, sources), direction, rt)] += 1
+        print(f"{kind:22} {n:4d} {outcomes['accepted']:8d}  {dict(outcomes)}")
 
 
 def cue_costs(engine, cfg) -> None:
@@ -452,6 +566,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", choices=("genuine", *ATTACKS), help="run one presentation type")
     ap.add_argument("--cues", action="store_true", help="only the cues' false-refusal cost on genuine footage")
+    ap.add_argument("--turn-stage", action="store_true", help="only the head-turn check, on presentations reaching it")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every presentation's outcome")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -462,6 +577,9 @@ def main() -> None:
     engine = FaceEngine(cfg.models.dir, "cpu", 1, detector="blazeface")
     if args.cues:
         cue_costs(engine, cfg.liveness)
+        return
+    if args.turn_stage:
+        turn_stage(engine, cfg.liveness, args.n, args.seed)
         return
     t0 = time.perf_counter()
     outcomes = []

@@ -7,13 +7,10 @@ and what they cannot show are in docs/presentation-attacks.md.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import numpy as np
 import pytest
 
 from edge.door.liveness import LivenessConfig
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,9 @@ def test_genuine_riders_who_react_to_the_prompt_are_accepted(pad, face_engine, p
         assert 0.3 + 0.5 <= o.seconds <= 8.0  # stable time + the shortest random delay at least
 
 
-@pytest.mark.parametrize("kind", ["photo_still", "photo_hand", "photo_screen", "replay_naive", "replay_adaptive"])
+@pytest.mark.parametrize(
+    "kind", ["photo_still", "photo_hand", "photo_screen", "replay_naive", "replay_adaptive", "photo_turn_swap"]
+)
 def test_attacks_are_refused(pad, face_engine, presentations, kind):
     p, seed = presentations[kind][0]
     o = pad.present(face_engine, p, LivenessConfig(), seed, max_s=5.0)
@@ -55,3 +54,27 @@ def test_a_hand_moved_print_swap_that_passes_the_smile_challenge_is_refused_when
     assert pad.present(face_engine, p, LivenessConfig(turn=False), seed).accepted
     o = pad.present(face_engine, p, LivenessConfig(), seed)
     assert not o.accepted and o.reason == "flat", o
+
+
+@pytest.fixture(scope="module")
+def turn_sources(pad):
+    return {
+        "clips": {name: pad.clip(name) for name in pad.CLIPS}, "bgs": pad.backgrounds()[:2], "turns": pad.head_turns(),
+        "photos": [1, 2, 3],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind, outcome",
+    [
+        ("genuine", "accepted"),  # a real head turn, the asked way
+        ("card_turned", "flat"),  # a print turned 25-45 degrees: narrower, its mesh yaw does not follow
+        ("turned_print_swap", "turn"),  # a print of a turned head swapped in: the yaw jumps in one frame
+    ],
+)
+def test_the_head_turn_on_its_own(pad, face_engine, turn_sources, kind, outcome):
+    r = np.random.default_rng(3)
+    direction, rt = 1, 0.4
+    frame = pad.turn_presentation(kind, r, direction, turn_sources)
+    got = pad.turn_outcome(face_engine, LivenessConfig(), frame, direction, rt)
+    assert got.split(":")[0] == outcome, got
