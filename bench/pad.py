@@ -1,8 +1,10 @@
 """Presentation-attack detection, measured in the spirit of ISO/IEC 30107-3 on a synthetic corpus.
 
-Genuine (bona fide) presentations are the shipped real footage of a rider who smiles
-(footage/single_face.mp4, footage/face_noface.mov), played *reactively*: the rider holds a neutral
-face (the clip's neutral frames, played back and forth) until the door prompts "Smile to pay",
+Genuine (bona fide) presentations are the shipped real footage of riders who smile (a man:
+footage/single_face.mp4, footage/face_noface.mov; a woman outdoors: new_face_video-90.mp4, talking
+then smiling, her hand-held frames steadied so that her face stays put), played *reactively*: the
+rider holds a neutral face (the clip's neutral frames, played back and forth) until the door
+prompts "Smile to pay",
 then after a human reaction time (lognormal, median ``RT_MEDIAN`` s) the clip's own smile plays.
 When the door then asks for a head turn, after another reaction time a *real* head turn plays:
 frames of short_hamilton_clip.mp4 in which a man turns his head 30 degrees (``TURNS``, mirrored
@@ -44,6 +46,7 @@ rider smiling at once), whose difference is what the challenge adds to a boardin
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import random
@@ -62,11 +65,17 @@ FPS = 30.0
 W, H = 640, 480
 RT_MEDIAN, RT_SIGMA = 0.45, 0.35  # simple visual RT ~0.25 s + onset of a voluntary smile (docs/presentation-attacks.md)
 MAX_S = 9.0  # a presentation lasts at most this long
-#: clip -> (neutral frames, smile frames), from footage/README.md
+#: clip -> (neutral frames, smile frames: one or more ranges played in turn), from footage/README.md
 CLIPS = {
-    "single_face": ("single_face.mp4", (0, 15), (16, 64)),
-    "face_noface": ("face_noface.mov", (0, 15), (16, 61)),
+    "single_face": ("single_face.mp4", (0, 15), ((16, 64),)),
+    "face_noface": ("face_noface.mov", (0, 15), ((16, 61),)),
+    # Talking, then a smile. Her README range 78-104 has smile-like frames at both ends (79: smile 0.56 with
+    # the jaw at 0.13), so she waits with 80-98; her smile starts at 99 (a closed smile rising 0.22 -> 0.62
+    # by 104), and the shot of her wide smile (234-247, 0.83-0.94) follows: her one smile rise on camera.
+    "selfie": ("new_face_video-90.mp4", (80, 98), ((99, 104), (234, 247))),
 }
+#: hand-held clips: each frame is moved so that the face stays where it was in the first neutral frame
+STEADY = {"selfie"}
 #: real head turns (short_hamilton_clip.mp4 frames, inclusive): yaw ~+7 -> -25 and ~+3 -> -30 degrees
 TURNS = ((88, 120), (176, 210))
 ATTACKS = ("photo_still", "photo_hand", "photo_screen", "replay_naive", "replay_adaptive", "photo_turn_swap")
@@ -90,9 +99,13 @@ def read_video(path: Path, lo: int = 0, hi: int = 10**9) -> list[np.ndarray]:
 
 
 def clip(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    file, (n0, n1), (s0, s1) = CLIPS[name]
-    frames = read_video(FOOTAGE / file, 0, s1)
-    return frames[n0 : n1 + 1], frames[s0 : s1 + 1]
+    file, (n0, n1), smiles = CLIPS[name]
+    frames = read_video(FOOTAGE / file, 0, max(hi for _, hi in smiles))
+    neutral, smiling = frames[n0 : n1 + 1], [f for lo, hi in smiles for f in frames[lo : hi + 1]]
+    if name in STEADY:
+        target = face_box(neutral[0])
+        neutral, smiling = ([place(f, face_box(f), target, f.shape) for f in part] for part in (neutral, smiling))
+    return neutral, smiling
 
 
 def london(i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,12 +247,25 @@ def _rt(rng: np.random.Generator) -> float:
     return float(rng.lognormal(math.log(RT_MEDIAN), RT_SIGMA))
 
 
+@functools.cache
+def _blazeface():
+    from edge.faces.engine import FaceEngine
+    from models.manifest import default_models_dir
+
+    return FaceEngine(default_models_dir(), "cpu", 1, detector="blazeface")
+
+
 def face_box(img: np.ndarray) -> tuple[float, float, float]:
     """(centre x, centre y, width) of the largest face BlazeFace finds."""
-    from edge.faces import engine
-
-    r = max(engine().detect(img, 0), key=lambda d: d.rect.area).rect
+    r = max(_blazeface().detect(img, 0), key=lambda d: d.rect.area).rect
     return (r.left + r.right) / 2, (r.top + r.bottom) / 2, float(r.width)
+
+
+def place(img: np.ndarray, box: tuple[float, float, float], target: tuple[float, float, float], shape) -> np.ndarray:
+    """``img`` scaled and moved so that its face ``box`` lies on ``target``, in a picture of ``shape``."""
+    s = target[2] / box[2]
+    m = np.array([[s, 0, target[0] - s * box[0]], [0, s, target[1] - s * box[1]]], np.float32)
+    return cv2.warpAffine(img, m, (shape[1], shape[0]), borderMode=cv2.BORDER_REPLICATE)
 
 
 def head_turns() -> list[tuple[list[np.ndarray], tuple[float, float, float]]]:
@@ -258,9 +284,7 @@ def turn_cut(turn, direction: int, target: tuple[float, float, float], shape: tu
     if direction > 0:
         frames = [np.ascontiguousarray(f[:, ::-1]) for f in frames]
         cx = frames[0].shape[1] - 1 - cx
-    s = target[2] / w
-    m = np.array([[s, 0, target[0] - s * cx], [0, s, target[1] - s * cy]], np.float32)
-    return [cv2.warpAffine(f, m, (shape[1], shape[0]), borderMode=cv2.BORDER_REPLICATE) for f in frames]
+    return [place(f, (cx, cy, w), target, shape) for f in frames]
 
 
 def genuine(neutral: list[np.ndarray], smiling: list[np.ndarray], turns, rng: np.random.Generator) -> Presentation:
