@@ -108,3 +108,23 @@ def test_door_timing_measures_from_the_first_sighting_of_the_track() -> None:
     # A pipeline without tracker or states (another implementation) only loses the figures.
     timing.frame(object(), Frame(3, 4.0, None), [DoorDecision(9, 3, 4.0, "refuse", None, "unknown", "Sorry")])
     assert timing.take(9) == (None, None)
+
+
+def test_every_presentation_attack_refusal_is_counted_by_its_reason() -> None:
+    """Issue 17 point 6: the liveness checks' refusals reach the dashboard, each under its own reason."""
+    from typing import get_args, get_type_hints
+
+    from edge.door.liveness import Verdict
+    from edge.door.pipeline import MESSAGES
+
+    reasons = get_args(get_args(get_type_hints(Verdict)["refuse"])[0])
+    state = FleetState(CFG)
+    for i, reason in enumerate(reasons):
+        for k in range(i + 1):  # a different count per reason
+            d = DoorDecision(i, k, 1.0, "see_driver", None, reason, MESSAGES[reason])
+            event = decision_event(d).model_copy(update={"at_ms": NOON + 10 * i + k})  # the bus stamps wall time
+            state.apply(Envelope.make("decision", "bus-1", event, sent_ms=NOON + 10 * i + k), NOON)
+    bus1 = next(b for b in state.snapshot(NOON + 1000)["door"]["buses"] if b["bus_id"] == "bus-1")
+    counts = {r["reason"]: r["count"] for r in bus1["by_reason"] if r["action"] == "see_driver"}
+    assert counts == {reason: i + 1 for i, reason in enumerate(reasons)}
+    assert bus1["see_driver"] == sum(range(1, len(reasons) + 1))
