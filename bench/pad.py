@@ -268,44 +268,67 @@ def place(img: np.ndarray, box: tuple[float, float, float], target: tuple[float,
     return cv2.warpAffine(img, m, (shape[1], shape[0]), borderMode=cv2.BORDER_REPLICATE)
 
 
-def head_turns() -> list[tuple[list[np.ndarray], tuple[float, float, float]]]:
-    """The real head turns of ``TURNS``: frames and the face box of the first one."""
+def mesh_yaw(img: np.ndarray) -> float:
+    """The head yaw the door's mesh reads on the largest face of ``img`` (edge.faces.mesh.head_pose)."""
+    from edge.faces.mesh import head_pose, roi_from_rect
+
+    det = max(_blazeface().detect(img, 0), key=lambda d: d.rect.area)
+    return head_pose(_blazeface().mesh.landmarks(img, roi_from_rect(det.rect, det.keypoints)).points)[0]
+
+
+def head_turns() -> list[tuple[list[np.ndarray], tuple[float, float, float], list[float]]]:
+    """The real head turns of ``TURNS``: frames, the face box of the first one, the yaw of each."""
     out = []
     for lo, hi in TURNS:
         frames = read_video(DATA / "short_hamilton_clip.mp4", lo, hi)
-        out.append((frames, face_box(frames[0])))
+        out.append((frames, face_box(frames[0]), [mesh_yaw(f) for f in frames]))
     return out
 
 
 def turn_cut(turn, direction: int, target: tuple[float, float, float], shape: tuple[int, ...]) -> list[np.ndarray]:
     """A head turn the ``direction`` asked (+1: the rider's left; the clip's turns are to the right,
     so mirrored for +1), scaled and moved so that its first face box lies on ``target``."""
-    frames, (cx, cy, w) = turn
+    frames, (cx, cy, w), *_ = turn
     if direction > 0:
         frames = [np.ascontiguousarray(f[:, ::-1]) for f in frames]
         cx = frames[0].shape[1] - 1 - cx
     return [place(f, (cx, cy, w), target, shape) for f in frames]
 
 
+def turn_from(turn, direction: int, yaw: float, target: tuple[float, float, float], shape) -> list[np.ndarray]:
+    """:func:`turn_cut` from its frame (in the first half) whose yaw is nearest ``yaw``."""
+    yaws = [-y for y in turn[2]] if direction > 0 else turn[2]  # mirrored for the left
+    start = min(range(len(yaws) // 2), key=lambda k: abs(yaws[k] - yaw))
+    return turn_cut(turn, direction, target, shape)[start:]
+
+
 def genuine(neutral: list[np.ndarray], smiling: list[np.ndarray], turns, rng: np.random.Generator) -> Presentation:
+    """A rider who waits, smiles on the prompt and turns when asked. The turn is cut in from the
+    frame of the real turn whose yaw is nearest the rider's own at that moment (a rider already
+    looking 10 degrees to one side turns from there), so the cut itself adds no turn."""
     rts: list[float] = []
     turn_rt: dict[float, float] = {}
-    cuts: dict[int, list[np.ndarray]] = {}
+    cuts: dict[float, list[np.ndarray]] = {}  # per turn prompt
     box = face_box(neutral[0])
     which = int(rng.integers(len(turns)))
+    last = [neutral[0]]  # the frame shown last
+
+    def cut_for(direction: int) -> list[np.ndarray]:
+        return turn_from(turns[which], direction, mesh_yaw(last[0]), box, neutral[0].shape)
 
     def frame(t: float, door: Door) -> np.ndarray:
         while len(rts) < door.smiles:
             rts.append(_rt(rng))
         if door.turn_at is not None and t >= door.turn_at + turn_rt.setdefault(door.turn_at, _rt(rng)):
-            if door.turn_dir not in cuts:
-                cuts[door.turn_dir] = turn_cut(turns[which], door.turn_dir, box, neutral[0].shape)
-            cut = cuts[door.turn_dir]
+            if door.turn_at not in cuts:
+                cuts[door.turn_at] = cut_for(door.turn_dir)
+            cut = cuts[door.turn_at]
             img = cut[min(round((t - door.turn_at - turn_rt[door.turn_at]) * FPS), len(cut) - 1)]
         elif door.smile_at is None or t < door.smile_at + rts[door.smiles - 1]:
             img = pingpong(neutral, round(t * FPS))
         else:
             img = pingpong(smiling, round((t - door.smile_at - rts[door.smiles - 1]) * FPS))
+        last[0] = img
         return sensor(img, rng)
 
     return Presentation("genuine", frame)
@@ -466,9 +489,19 @@ def turn_presentation(kind: str, r: np.random.Generator, direction: int, sources
     if kind in ("genuine", "turned_video_replay"):
         clips = sources["clips"]
         _, smiling = clips[list(clips)[int(r.integers(len(clips)))]]
-        cut = turn_cut(turn, direction, face_box(smiling[0]), smiling[0].shape)
         if kind == "genuine":
-            return lambda k, t: sensor(cut[min(k, len(cut) - 1)] if k >= 0 else pingpong(smiling, round(t * FPS)), r)
+            cut: list[np.ndarray] = []
+
+            def rider(k: int, t: float) -> np.ndarray:
+                if k < 0:
+                    return sensor(pingpong(smiling, round(t * FPS)), r)
+                if not cut:  # the turn starts from the rider's yaw at the reaction
+                    now = pingpong(smiling, round(t * FPS))
+                    cut.extend(turn_from(turn, direction, mesh_yaw(now), face_box(smiling[0]), smiling[0].shape))
+                return sensor(cut[min(k, len(cut) - 1)], r)
+
+            return rider
+        cut = turn_from(turn, direction, mesh_yaw(smiling[0]), face_box(smiling[0]), smiling[0].shape)
         screens = [phone_screen(f, r) for f in [smiling[0], *cut]]
 
         def replay(k: int, t: float) -> np.ndarray:

@@ -17,8 +17,11 @@ The checks, each run per track next to the smile gate (edge.door.smile), each ab
   footage) but moves at most ~10 degrees when a printed or on-screen face is turned 30-45 degrees
   (bench/pad.py). After the smile, a track that has not already shown a sustained yaw change of
   ``turn_min_deg`` is asked to turn its head a little to the left or the right, at random; the
-  turn counts when the yaw (median of 3 frames) moves ``turn_min_deg`` the asked way within
-  ``turn_max_s``, starting no sooner than ``reaction_min_s`` after the prompt and not in one frame.
+  turn counts when the yaw (median of 3 frames) moves ``turn_min_deg`` the asked way from where it
+  was at the prompt within ``turn_max_s``, starting no sooner than ``reaction_min_s`` after the
+  prompt and not from half to full between two frames: a swapped print of a turned head jumps
+  (the mesh re-fits over one or two frames); a real turn that fast (7.5 degrees in one frame at
+  30 fps, 225 degrees a second) is taken for one too, and asked again.
   After ``max_turns`` prompts: "flat" when the face's outline was turned (its width/height ratio
   changed by ``flat_shape``) but its yaw did not follow, else "turn".
 * **Near-infrared.** With a NIR camera beside the colour one (hardware.cameras.nir, ``nir``), the
@@ -372,29 +375,31 @@ class Liveness:
         points = np.asarray(points, np.float64)
         st.pose.append((ts, head_pose(points)[0], outline_ratio(points)))
         ask: Ask = "turn_left" if st.turn_dir > 0 else "turn_right"
-        before = [(y, r) for t, y, r in st.pose if st.turn_at - 0.5 <= t <= st.turn_at] or [st.pose[-1][1:]]
+        # the face at the prompt: its last 3 frames (a rider's head is rarely still; a longer
+        # baseline would start a moving head's turn from where it was, not where it is)
+        before = [(y, r) for t, y, r in st.pose if t <= st.turn_at][-3:] or [st.pose[-1][1:]]
         yaw0 = float(np.median([y for y, _ in before]))
         ratio0 = float(np.median([r for _, r in before]))
         after = [(t, st.turn_dir * (y - yaw0), r) for t, y, r in st.pose if t > st.turn_at]
         note = ""
-        if len(after) >= 3:
-            held = float(np.median([d for _, d, _ in after[-3:]]))
-            if held >= cfg.turn_min_deg:
-                onset = max((t for t, d, _ in after if d < 3.0), default=st.turn_at)
-                half = min(t for t, d, _ in after if d >= cfg.turn_min_deg / 2)
-                full = min(t for t, d, _ in after if d >= cfg.turn_min_deg)
-                if onset - st.turn_at < cfg.reaction_min_s:
-                    note = "early"  # under way before the rider could have read the prompt
-                elif full - half < cfg.rise_min_s:
-                    note = "instant"  # half to full turn between two frames: a swapped photo
-                else:
-                    st.turn_at = None
-                    return self._cues(st) or Verdict(ask, accept=True)
-            elif held <= -cfg.turn_min_deg:
-                note = "wrong_way"
+        if len(after) >= 3 and float(np.median([d for _, d, _ in after[-3:]])) >= cfg.turn_min_deg:
+            # the rise that got there: it starts after the last frame under a quarter of the turn
+            # (a swaying head crosses that often), and goes from half to full in more than one frame
+            below = [i for i, (_, d, _) in enumerate(after) if d < cfg.turn_min_deg / 4]
+            rise = after[below[-1] + 1 :] if below else after
+            half = next(t for t, d, _ in rise if d >= cfg.turn_min_deg / 2)
+            full = next(t for t, d, _ in rise if d >= cfg.turn_min_deg)
+            if rise[0][0] - st.turn_at < cfg.reaction_min_s:
+                note = "early"  # under way before the rider could have read the prompt
+            elif full - half < cfg.rise_min_s:
+                note = "instant"  # half to full turn between two frames: a swapped photo
+            else:
+                st.turn_at = None
+                return self._cues(st) or Verdict(ask, accept=True)
         if not note and ts - st.turn_at <= cfg.turn_max_s:
-            return Verdict(ask)
-        note = note or "none"
+            return Verdict(ask)  # a head that went the wrong way first may still come round in time
+        held = [float(np.median([d for _, d, _ in after[i : i + 3]])) for i in range(len(after) - 2)]
+        note = note or ("wrong_way" if held and min(held) <= -cfg.turn_min_deg else "none")
         ratios = [r for _, _, r in after]
         held_ratios = [float(np.median(ratios[i : i + 3])) for i in range(len(ratios) - 2)]
         shape = max((abs(r / ratio0 - 1) for r in held_ratios), default=0.0)

@@ -136,7 +136,7 @@ def _head(yaw_deg: float, plane: bool, squeeze: float = 1.0) -> np.ndarray:
     return pts @ r.T + [320, 240, 0]
 
 
-def turn_run(cfg: LivenessConfig, yaw_of, plane: bool = False, seconds: float = 8.0, seed: int = 0):
+def turn_run(cfg: LivenessConfig, yaw_of, plane: bool = False, seconds: float = 10.0, seed: int = 0):
     """Smile on the first prompt (0.4 s after it), then answer turn prompts with
     ``yaw_of(dir, seconds since the turn prompt) -> degrees`` (a photo: squeezed by the turn, yaw 0)."""
     pad = Liveness(cfg, random.Random(seed))
@@ -194,9 +194,23 @@ def test_a_face_that_already_turned_is_not_asked_again():
     ],
 )
 def test_faces_that_do_not_turn_like_a_head_are_refused(yaw_of, plane, refuse, note):
-    v, st, asked = turn_run(CFG.model_copy(update={"turn": True}), yaw_of, plane)
+    v, st, asked = turn_run(CFG.model_copy(update={"turn": True, "max_turns": 1}), yaw_of, plane)
     assert v.refuse == refuse and v.note == note, v
-    assert len(asked) == st.turns == CFG.max_turns  # bounded: a new random prompt, then "see the driver"
+    assert len(asked) == st.turns == 1
+
+
+def test_turn_prompts_are_bounded():
+    v, st, asked = turn_run(CFG.model_copy(update={"turn": True}), lambda d, t: 0.0)
+    assert v.refuse == "turn" and len(asked) == st.turns == CFG.max_turns == 2  # a new random prompt, then the driver
+
+
+def test_a_head_that_moves_while_waiting_or_goes_the_wrong_way_first_still_passes():
+    # swaying 8 degrees as the prompt comes, then the wrong way, then round the asked way in time
+    def yaw_of(d, t):
+        return 8.0 * math.sin(6 * t) - d * 10.0 * (0.2 < t < 0.8) + d * 25.0 * min(1.0, max(0.0, (t - 1.0) / 0.6))
+
+    v, st, asked = turn_run(CFG.model_copy(update={"turn": True, "max_turns": 1}), yaw_of)
+    assert v.accept, v
 
 
 def test_outline_ratio_narrows_when_a_photo_turns():
