@@ -468,12 +468,7 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict]:
     return out
 
 
-#: Real footage of genuine people for the cues' false-refusal cost (every clip the project ships).
-GENUINE_CLIPS = (
-    "footage/single_face.mp4", "footage/face_noface.mov", "footage/new_face_video-90.mp4",
-    "footage/grid/bbaf2n.mpg", "footage/grid/lbbc2a.mpg", "footage/grid/swiz3n.mpg",
-    "footage/cremad/1001_DFA_NEU_XX.flv", "footage/cremad/1001_DFA_HAP_XX.flv", "short_hamilton_clip.mp4",
-)  # fmt: skip
+
 
 
 TURN_KINDS = ("genuine", "card_turned", "turned_print_swap", "turned_video_replay")
@@ -584,45 +579,11 @@ def turn_stage(engine, cfg, n: int, seed: int) -> None:
         print(f"{kind:22} {n:4d} {outcomes['accepted']:8d}  {dict(outcomes)}")
 
 
-def cue_costs(engine, cfg) -> None:
-    """Each cue on every genuine clip, frame by frame as the door computes it: the false-refusal cost."""
-    from edge.door.pad_cues import moire_peak
-    from edge.door.quality import face_patch
-    from edge.faces.mesh import roi_from_points, roi_from_rect
-
-    print(f"{'clip':38} {'frames':>6} {'moire med':>9} {'max':>5} {'>=thr':>6} {'windows':>7}")
-    tot_w = tot_scr = 0
-    for name in GENUINE_CLIPS:
-        peaks: list[float] = []
-        prev = None
-        for img in read_video(DATA / name):
-            dets = engine.detect(img, 0)
-            if not dets:
-                prev = None
-                continue
-            det = max(dets, key=lambda d: d.rect.area)
-            roi = roi_from_points(prev) if prev is not None else roi_from_rect(det.rect, det.keypoints)
-            face = engine.mesh.landmarks(img, roi)
-            prev = face.points if face.presence >= 0.5 else None
-            if prev is None:
-                continue
-            peaks.append(moire_peak(face_patch(img, det.rect)))
-        # the screen cue refuses on the median over 45 frames
-        meds = [float(np.median(peaks[i : i + 45])) for i in range(0, max(1, len(peaks) - 44), 5)]
-        scr = sum(m >= cfg.screen_peak for m in meds)
-        tot_w, tot_scr = tot_w + len(meds), tot_scr + scr
-        print(f"{name:38} {len(peaks):6d} {np.median(peaks):9.2f} {max(peaks):5.2f} "
-              f"{np.mean(np.array(peaks) >= cfg.screen_peak):6.1%} {len(meds):7d}")  # fmt: skip
-    print(f"45-frame windows of genuine faces: {tot_w}; "
-          f"screen by the median moire peak {tot_scr} ({tot_scr / max(tot_w, 1):.1%})")  # fmt: skip
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20, help="presentations per type (genuine and each attack)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", choices=("genuine", *ATTACKS), help="run one presentation type")
-    ap.add_argument("--cues", action="store_true", help="only the cues' false-refusal cost on genuine footage")
     ap.add_argument("--turn-stage", action="store_true", help="only the head-turn check, on presentations reaching it")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every presentation's outcome")
     args = ap.parse_args()
@@ -632,9 +593,6 @@ def main() -> None:
 
     cfg = load_config(None)
     engine = FaceEngine(cfg.models.dir, "cpu", 1, detector="blazeface")
-    if args.cues:
-        cue_costs(engine, cfg.liveness)
-        return
     if args.turn_stage:
         turn_stage(engine, cfg.liveness, args.n, args.seed)
         return

@@ -1,7 +1,7 @@
 """The screen and print cues (edge.door.pad_cues): false-refusal cost on genuine footage, detection
 of synthetic attacks.
 
-Genuine: every clip the project ships (bench/pad.py GENUINE_CLIPS), the largest BlazeFace face per
+Genuine: every clip the project ships (``GENUINE_CLIPS``), the largest BlazeFace face per
 frame; each cue per frame, then 45-frame windows every 5 frames, as the door decides over a
 track's last 45 frames. A window is refused when its median (moire, glare), its median at or
 below (saturation), or its count of enclosing sides (bezel) crosses the cue's threshold.
@@ -32,7 +32,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pad import CLIPS, DATA, FPS, GENUINE_CLIPS, Door, attack, backgrounds, clip, read_video  # noqa: E402
+from bench.pad import CLIPS, DATA, FPS, Door, attack, backgrounds, clip, read_video  # noqa: E402
 from edge.door.liveness import LivenessConfig  # noqa: E402
 from edge.door.pad_cues import (  # noqa: E402
     border_lines,
@@ -43,6 +43,12 @@ from edge.door.pad_cues import (  # noqa: E402
 )
 from edge.door.quality import face_patch  # noqa: E402
 
+#: Real footage of genuine people for the cues' false-refusal cost: every clip the project ships.
+GENUINE_CLIPS = (
+    "footage/single_face.mp4", "footage/face_noface.mov", "footage/new_face_video-90.mp4",
+    "footage/grid/bbaf2n.mpg", "footage/grid/lbbc2a.mpg", "footage/grid/swiz3n.mpg",
+    "footage/cremad/1001_DFA_NEU_XX.flv", "footage/cremad/1001_DFA_HAP_XX.flv", "short_hamilton_clip.mp4",
+)  # fmt: skip
 WINDOW, STEP = 45, 5
 KINDS = ("photo_hand", "photo_screen", "replay_naive")
 CUES = ("moire", "glare", "saturation", "bezel")
@@ -128,7 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20, help="presentations per attack type")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--genuine", nargs="+", type=Path, metavar="VIDEO",
+    ap.add_argument("--genuine", nargs="+", type=Path, metavar="VIDEO",  # fmt: skip
                     help="genuine footage to measure (a door's own recordings); default: every clip the project ships")
     ap.add_argument("--config", type=Path, help="the bus's TOML config (default: FACEFARE_CONFIG or built-in)")
     args = ap.parse_args()
