@@ -276,23 +276,24 @@ def mesh_yaw(img: np.ndarray) -> float:
     return head_pose(_blazeface().mesh.landmarks(img, roi_from_rect(det.rect, det.keypoints)).points)[0]
 
 
-def head_turns() -> list[tuple[list[np.ndarray], tuple[float, float, float], list[float]]]:
-    """The real head turns of ``TURNS``: frames, the face box of the first one, the yaw of each."""
+def head_turns() -> list[tuple[list[np.ndarray], list[tuple[float, float, float]], list[float]]]:
+    """The real head turns of ``TURNS``: frames, the face box of each, the yaw of each."""
     out = []
     for lo, hi in TURNS:
         frames = read_video(DATA / "short_hamilton_clip.mp4", lo, hi)
-        out.append((frames, face_box(frames[0]), [mesh_yaw(f) for f in frames]))
+        out.append((frames, [face_box(f) for f in frames], [mesh_yaw(f) for f in frames]))
     return out
 
 
 def turn_cut(turn, direction: int, target: tuple[float, float, float], shape: tuple[int, ...]) -> list[np.ndarray]:
     """A head turn the ``direction`` asked (+1: the rider's left; the clip's turns are to the right,
-    so mirrored for +1), scaled and moved so that its first face box lies on ``target``."""
-    frames, (cx, cy, w), *_ = turn
+    so mirrored for +1), each frame scaled and moved so that its face box lies on ``target``: the
+    head turns where the rider stands (the singer also walks and sways; that is taken out)."""
+    frames, boxes, *_ = turn
     if direction > 0:
         frames = [np.ascontiguousarray(f[:, ::-1]) for f in frames]
-        cx = frames[0].shape[1] - 1 - cx
-    return [place(f, (cx, cy, w), target, shape) for f in frames]
+        boxes = [(f.shape[1] - 1 - cx, cy, w) for f, (cx, cy, w) in zip(frames, boxes, strict=True)]
+    return [place(f, box, target, shape) for f, box in zip(frames, boxes, strict=True)]
 
 
 def turn_from(turn, direction: int, yaw: float, target: tuple[float, float, float], shape) -> list[np.ndarray]:
@@ -407,9 +408,13 @@ def present(engine, p: Presentation, liveness, seed: int, max_s: float = MAX_S) 
 
     events: list[tuple[float, str]] = []
     now = [0.0]
+    rider: list[int | None] = []  # the track the door first spoke to: the rider reads its prompts only
 
     def fb(f: Feedback) -> None:
-        events.append((now[0], f.message))
+        if not rider:
+            rider.append(f.track_id)
+        if f.track_id == rider[0]:  # a second face (a cut-in frame's background) has prompts of its own
+            events.append((now[0], f.message))
 
     pad = Liveness(liveness, random.Random(seed)) if liveness is not None else None
     pipe = BusPipeline(engine, Gallery([], np.zeros((0, 128), np.float32)), feedback=fb, liveness=pad)

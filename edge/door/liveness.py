@@ -16,7 +16,8 @@ The checks, each run per track next to the smile gate (edge.door.smile), each ab
   difference: its head yaw (edge.faces.mesh.head_pose) follows a real turn (15-45 degrees on the
   footage) but moves at most ~10 degrees when a printed or on-screen face is turned 30-45 degrees
   (bench/pad.py). After the smile, a track that has not already shown a sustained yaw change of
-  ``turn_min_deg`` is asked to turn its head a little to the left or the right, at random; the
+  ``turn_min_deg`` is asked to turn its head a little to the left or the right, at random (a head
+  already turned half a turn to one side is asked the other way); the
   turn counts when the yaw (median of 3 frames) moves ``turn_min_deg`` the asked way from where it
   was at the prompt within ``turn_max_s``, starting no sooner than ``reaction_min_s`` after the
   prompt and not from half to full between two frames: a swapped print of a turned head jumps
@@ -281,7 +282,11 @@ class Liveness:
         st.challenges += 1
 
     def _ask_turn(self, st: LivenessState, ts: float) -> Verdict:
-        st.turn_at, st.turn_dir = ts, self.rng.choice((-1, 1))
+        """Ask for a turn: at random, except that a head already turned half a turn to one side is
+        asked to go the other way (a rider looking left has little left to turn)."""
+        yaw = float(np.median([y for _, y, _ in list(st.pose)[-3:]]))
+        side = self.rng.choice((-1, 1)) if abs(yaw) < self.cfg.turn_min_deg / 2 else -int(np.sign(yaw))
+        st.turn_at, st.turn_dir = ts, side
         st.turns += 1
         log.info("asking for a head turn to the %s (%d of %d)", "left" if st.turn_dir > 0 else "right",
                  st.turns, self.cfg.max_turns)  # fmt: skip
@@ -303,7 +308,8 @@ class Liveness:
         """One good-quality frame of a track, before the smile was accepted.
 
         ``points``: the face's mesh points (478, 3), image pixels; ``neutral``: the smile gate
-        sees the track at its own neutral on this frame; ``passed``: the smile gate passed on it;
+        sees the track not smiling on this frame (at its own neutral, or talking: a rider who
+        talks while waiting starts the smile after the last talking frame); ``passed``: the smile gate passed on it;
         ``smiling``: the gate counts this frame as a smiling one; ``patch``: the face box as a
         150x150 grey image (edge.door.quality.face_patch), for the screen cue; ``nir_face``:
         :meth:`nir_agrees` on this frame (None: no NIR picture); ``rgb`` and ``rect``: the frame and

@@ -395,8 +395,9 @@ class BusPipeline:
             if result.exhausted:
                 return self._decide(tid, index, ts, "see_driver", None, "attempts")
             if self.liveness is not None:  # presentation-attack hook (edge.door.liveness)
+                not_smiling = result.state in ("neutral", "talking")  # a smile starts after the last such frame
                 v = self.liveness.update(
-                    st.pad, ts, face.points, result.state == "neutral", result.passed, result.state == "smile", patch,
+                    st.pad, ts, face.points, not_smiling, result.passed, result.state == "smile", patch,
                     self.liveness.nir_agrees(self.engine.detect, self._nir, rect), rgb, rect,
                 )
                 if v.refuse:

@@ -238,3 +238,12 @@ def test_every_liveness_refusal_has_a_rider_message():
         assert "driver" in MESSAGES[reason]
     assert MESSAGES["wait"] == "Look at the camera"
     assert "left" in MESSAGES["turn_left"] and "right" in MESSAGES["turn_right"]
+
+
+def test_a_head_already_turned_to_one_side_is_asked_to_turn_the_other_way():
+    cfg = CFG.model_copy(update={"turn": True})
+    for yaw, side in ((12.0, -1), (-12.0, 1)):
+        for seed in range(6):
+            pad, st = Liveness(cfg, random.Random(seed)), LivenessState()
+            st.pose.extend((i / FPS, yaw, 1.0) for i in range(3))
+            assert pad._ask_turn(st, 0.1).ask == ("turn_left" if side > 0 else "turn_right")
