@@ -78,3 +78,13 @@ def test_the_head_turn_on_its_own(pad, face_engine, turn_sources, kind, outcome)
     frame = pad.turn_presentation(kind, r, direction, turn_sources)
     got = pad.turn_outcome(face_engine, LivenessConfig(), frame, direction, rt)
     assert got.split(":")[0] == outcome, got
+
+
+def test_a_rider_who_talks_while_waiting_and_moves_her_head_is_accepted(pad, face_engine):
+    """The second genuine rider (the woman of the outdoor clip): she talks until the prompt and her
+    head sways while she smiles; the smile onset counts from her last talking frame, and the turn
+    from where her head is at the prompt (docs/presentation-attacks.md, "Found on the way")."""
+    p, seed = next(x for i, x in enumerate(pad.corpus(60, 3)) if i == 5)  # one that the old rules refused
+    assert p.kind == "genuine"
+    o = pad.present(face_engine, p, LivenessConfig(), seed)
+    assert o.accepted, o
