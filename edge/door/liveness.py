@@ -15,8 +15,8 @@ The checks, each run per track next to the smile gate (edge.door.smile), each ab
   frontal face, narrower; a real head that turns shows its profile. The mesh's own depth sees the
   difference: its head yaw (edge.faces.mesh.head_pose) follows a real turn (15-45 degrees on the
   footage) but moves at most ~10 degrees when a printed or on-screen face is turned 30-45 degrees
-  (bench/pad.py). After the smile, a track that has not already shown a sustained yaw change of
-  ``turn_min_deg`` is asked to turn its head a little to the left or the right, at random (a head
+  (bench/pad.py). After the smile, the face is asked to turn its head a little to the left or the
+  right, at random (a head
   already turned half a turn to one side is asked the other way); the
   turn counts when the yaw (median of 3 frames) moves ``turn_min_deg`` the asked way from where it
   was at the prompt within ``turn_max_s``, starting no sooner than ``reaction_min_s`` after the
@@ -89,8 +89,8 @@ class LivenessConfig(BaseModel):
         "does not count"
     )  # fmt: skip
     turn: bool = Field(
-        True, description="After the smile, ask a face that has not shown its depth yet to turn a little left or "
-        "right (random): a photo or a screen turned by hand does not turn the mesh's head yaw (needs 'challenge')"
+        True, description="After the smile, ask the face to turn a little left or right (random): a photo or a "
+        "screen turned by hand does not turn the mesh's head yaw (needs 'challenge')"
     )  # fmt: skip
     turn_min_deg: float = Field(
         15.0, gt=0, le=25, description="Head-yaw change that counts as a turn (real turns on the footage 15-45; "
@@ -210,15 +210,6 @@ def outline_ratio(points: np.ndarray) -> float:
     turned about its vertical axis gets narrower, about its horizontal axis shorter."""
     p = np.asarray(points, np.float64)[:, :2]
     return float(np.linalg.norm(p[LEFT_CHEEK] - p[RIGHT_CHEEK]) / (np.linalg.norm(p[NOSE_TIP] - p[FOREHEAD]) + 1e-9))
-
-
-def sustained_yaw_span(pose: list[tuple[float, float, float]], k: int = 5) -> float:
-    """Range of the head yaw's running median over ``k`` frames: a turn the face held, not one odd frame."""
-    yaw = np.array([y for _, y, _ in pose])
-    if len(yaw) < k:
-        return 0.0
-    med = np.median(np.lib.stride_tricks.sliding_window_view(yaw, k), axis=1)
-    return float(med.max() - med.min())
 
 
 class Liveness:
@@ -370,8 +361,10 @@ class Liveness:
         st.onset = onset
         if refused := self._cues(st):
             return refused
-        if cfg.turn and sustained_yaw_span(list(st.pose)) < cfg.turn_min_deg:
-            return self._ask_turn(st, ts)  # no depth seen yet: the second challenge
+        if cfg.turn:
+            # always asked: a head that turned on its own (or a replayed video of one) proves
+            # depth but not that anyone is answering the door now
+            return self._ask_turn(st, ts)
         return Verdict("smile", accept=True)
 
     def turn(self, st: LivenessState, ts: float, points: np.ndarray) -> Verdict:
