@@ -255,9 +255,13 @@ def _blazeface():
     return FaceEngine(default_models_dir(), "cpu", 1, detector="blazeface")
 
 
-def face_box(img: np.ndarray) -> tuple[float, float, float]:
-    """(centre x, centre y, width) of the largest face BlazeFace finds."""
-    r = max(_blazeface().detect(img, 0), key=lambda d: d.rect.area).rect
+def _largest(img: np.ndarray):
+    return max(_blazeface().detect(img, 0), key=lambda d: d.rect.area)
+
+
+def face_box(img: np.ndarray, det=None) -> tuple[float, float, float]:
+    """(centre x, centre y, width) of the largest face BlazeFace finds (or of ``det``)."""
+    r = (det or _largest(img)).rect
     return (r.left + r.right) / 2, (r.top + r.bottom) / 2, float(r.width)
 
 
@@ -268,11 +272,11 @@ def place(img: np.ndarray, box: tuple[float, float, float], target: tuple[float,
     return cv2.warpAffine(img, m, (shape[1], shape[0]), borderMode=cv2.BORDER_REPLICATE)
 
 
-def mesh_yaw(img: np.ndarray) -> float:
-    """The head yaw the door's mesh reads on the largest face of ``img`` (edge.faces.mesh.head_pose)."""
+def mesh_yaw(img: np.ndarray, det=None) -> float:
+    """The head yaw the door's mesh reads on the largest face of ``img`` (or ``det``; edge.faces.mesh.head_pose)."""
     from edge.faces.mesh import head_pose, roi_from_rect
 
-    det = max(_blazeface().detect(img, 0), key=lambda d: d.rect.area)
+    det = det or _largest(img)
     return head_pose(_blazeface().mesh.landmarks(img, roi_from_rect(det.rect, det.keypoints)).points)[0]
 
 
@@ -281,7 +285,9 @@ def head_turns() -> list[tuple[list[np.ndarray], list[tuple[float, float, float]
     out = []
     for lo, hi in TURNS:
         frames = read_video(DATA / "short_hamilton_clip.mp4", lo, hi)
-        out.append((frames, [face_box(f) for f in frames], [mesh_yaw(f) for f in frames]))
+        dets = [_largest(f) for f in frames]  # one detection per frame for its box and its yaw
+        out.append((frames, [face_box(f, d) for f, d in zip(frames, dets, strict=True)],
+                    [mesh_yaw(f, d) for f, d in zip(frames, dets, strict=True)]))  # fmt: skip
     return out
 
 
@@ -294,6 +300,11 @@ def turn_cut(turn, direction: int, target: tuple[float, float, float], shape: tu
         frames = [np.ascontiguousarray(f[:, ::-1]) for f in frames]
         boxes = [(f.shape[1] - 1 - cx, cy, w) for f, (cx, cy, w) in zip(frames, boxes, strict=True)]
     return [place(f, box, target, shape) for f, box in zip(frames, boxes, strict=True)]
+
+
+def turned_photo(turn, direction: int, photo: np.ndarray) -> np.ndarray:
+    """The most turned frame of a real head turn, its face where ``photo``'s face is: a print of a turned head."""
+    return turn_cut(turn, direction, face_box(photo), photo.shape)[-1]
 
 
 def turn_from(turn, direction: int, yaw: float, target: tuple[float, float, float], shape) -> list[np.ndarray]:
@@ -360,8 +371,7 @@ def attack(
             if kind == "photo_turn_swap" and door.turn_at is not None and t >= door.turn_at + turn_rt:
                 if door.turn_dir not in turned_cards:  # a real head turned the asked way, where the photo's face was
                     turn = turns[len(turned_cards) % len(turns)]
-                    head = turn_cut(turn, door.turn_dir, face_box(neutral), neutral.shape)[-1]
-                    turned_cards[door.turn_dir] = render(head, rng)
+                    turned_cards[door.turn_dir] = render(turned_photo(turn, door.turn_dir, neutral), rng)
                 card = turned_cards[door.turn_dir]
                 return composite(card, hand.homography(t, card.shape[:2]), bg, rng)
             swap = kind == "photo_still" or (door.smile_at is not None and t >= door.smile_at + rt)
@@ -514,7 +524,7 @@ def turn_presentation(kind: str, r: np.random.Generator, direction: int, sources
     card0 = halftone_print(smiling, r)
     card1 = card0
     if kind == "turned_print_swap":
-        card1 = halftone_print(turn_cut(turn, direction, face_box(neutral), neutral.shape)[-1], r)
+        card1 = halftone_print(turned_photo(turn, direction, neutral), r)
 
     def held(k: int, t: float) -> np.ndarray:
         card = card1 if k >= 0 else card0

@@ -16,8 +16,7 @@ The checks, each run per track next to the smile gate (edge.door.smile), each ab
   difference: its head yaw (edge.faces.mesh.head_pose) follows a real turn (15-45 degrees on the
   footage) but moves at most ~10 degrees when a printed or on-screen face is turned 30-45 degrees
   (bench/pad.py). After the smile, the face is asked to turn its head a little to the left or the
-  right, at random (a head
-  already turned half a turn to one side is asked the other way); the
+  right, at random (a head already turned half a turn to one side is asked the other way); the
   turn counts when the yaw (median of 3 frames) moves ``turn_min_deg`` the asked way from where it
   was at the prompt within ``turn_max_s``, starting no sooner than ``reaction_min_s`` after the
   prompt and not from half to full between two frames: a swapped print of a turned head jumps
